@@ -1,0 +1,20 @@
+"""aot_kernels: anchors + optimal transport (AOT) visual-token reduction for video LLMs.
+
+Ops (torch.ops.aot.*, schemas in csrc/schemas.cpp) and their Python API:
+
+    cosine_cost(x [B,M,D], y [B,N,D]) -> C [B,M,N]
+    sinkhorn(C, anchor_weight=None, source_weight=None, *, eps, max_iter, tol, ...)
+    sinkhorn_aggregate(anchors, sources, *, eps, lam, max_iter, tol, tau, keep, ...)
+
+Backends: "cpp" (compiled CPU kernels), "torch" (plain PyTorch), "auto" (cpp on CPU when built).
+The contract is SPEC.md; reference/ holds the float64 NumPy reference that judges every backend.
+"""
+from .api import AggregateResult, SinkhornResult, cosine_cost, sinkhorn, sinkhorn_aggregate
+from .ops import EXTENSION_ERROR, HAS_EXTENSION
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AggregateResult", "SinkhornResult", "cosine_cost", "sinkhorn", "sinkhorn_aggregate",
+    "HAS_EXTENSION", "EXTENSION_ERROR", "__version__",
+]

@@ -1,0 +1,127 @@
+"""The "torch" backend: SPEC §1-3 and §5 in plain, batched PyTorch ops (log domain).
+
+It is the fallback where the compiled extension is missing, the baseline of the benchmarks and a
+second opinion in the tests. It differentiates by unrolling the iterations (autograd keeps every
+iterate, so memory grows with max_iter); the compiled ops use implicit differentiation instead
+(see implicit_grad.py). Inputs are assumed validated (validate.py).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+NORM_FLOOR = 1e-12  # F.normalize convention (SPEC §1)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp16/bf16 are computed in fp32; fp32 and fp64 natively."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def cosine_cost(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """C [B,M,N] = 1 - cos(x_j, y_i) for x [B,M,D], y [B,N,D], in the compute dtype."""
+    cd = compute_dtype(x.dtype)
+    xu = F.normalize(x.to(cd), dim=-1, eps=NORM_FLOOR)
+    yu = F.normalize(y.to(cd), dim=-1, eps=NORM_FLOOR)
+    return 1.0 - torch.bmm(xu, yu.transpose(1, 2))
+
+
+def marginals(anchor_weight, source_weight, batch: int, m: int, n: int, dtype, device):
+    """SPEC §2 marginals (a [B,M], s [B,N]): uniform probabilities when absent, sources rescaled
+    to the anchors' total. Zero entries are padding."""
+    a = (torch.full((batch, m), 1.0 / m, dtype=dtype, device=device)
+         if anchor_weight is None else anchor_weight.to(dtype))
+    s = (torch.full((batch, n), 1.0 / n, dtype=dtype, device=device)
+         if source_weight is None else source_weight.to(dtype))
+    return a, s * (a.sum(1, keepdim=True) / s.sum(1, keepdim=True))
+
+
+def plan(cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor, eps: float) -> torch.Tensor:
+    """T [B,M,N] = exp((f_j + g_i - C_ji)/eps); exactly 0 on padded rows/columns (f or g = -inf)."""
+    return torch.exp((f.unsqueeze(2) + g.unsqueeze(1) - cost) / eps)
+
+
+def row_error(transport: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """L1 row-marginal violation per problem (SPEC §2 stopping rule) -> [B]."""
+    return (transport.sum(2) - a).abs().sum(1)
+
+
+def sinkhorn(cost, a, s, eps: float, max_iter: int, tol: float):
+    """Batched log-domain Sinkhorn (SPEC §2) with per-problem stopping.
+
+    cost [B,M,N] (compute dtype), marginals a [B,M], s [B,N]. Returns f [B,M], g [B,N],
+    iterations [B] (int64), error [B]. A stopped problem's potentials are frozen.
+    """
+    batch = cost.shape[0]
+    log_a, log_s = a.log(), s.log()  # log 0 = -inf marks padding
+    f = torch.zeros_like(a)
+    g = torch.where(s > 0, 0.0, float("-inf")).to(cost.dtype)
+    active = torch.ones(batch, dtype=torch.bool, device=cost.device)
+    iterations = torch.zeros(batch, dtype=torch.int64, device=cost.device)
+    error = torch.full((batch,), float("inf"), dtype=cost.dtype, device=cost.device)
+    for it in range(max_iter):
+        f_new = eps * log_a - eps * torch.logsumexp((g.unsqueeze(1) - cost) / eps, dim=2)
+        g_new = eps * log_s - eps * torch.logsumexp((f_new.unsqueeze(2) - cost) / eps, dim=1)
+        f = torch.where(active.unsqueeze(1), f_new, f)
+        g = torch.where(active.unsqueeze(1), g_new, g)
+        iterations = iterations + active.to(torch.int64)
+        if tol > 0 or it == max_iter - 1:
+            err_new = row_error(plan(cost, f, g, eps), a).detach()
+            error = torch.where(active, err_new, error)
+            active = active & ~(err_new < tol)
+            if not bool(active.any()):
+                break
+    return f, g, iterations, error
+
+
+def confidence_of(transport: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """q_i = max_j p_ij with p_ij = T_ji / sum_j' T_j'i (SPEC §5); 0 on padded sources."""
+    column = transport.sum(1)
+    live = (s > 0) & (column > 0)
+    return torch.where(live, transport.amax(1) / torch.where(live, column, 1.0), 0.0)
+
+
+def select_kept(confidence, s, tau=None, keep=None) -> torch.Tensor:
+    """Dynamic sources [B,N] bool: q < tau, or the `keep` lowest q (ties to the lower index)."""
+    valid = s > 0
+    if tau is not None:
+        return valid & (confidence < tau)
+    kept = torch.zeros_like(valid)
+    if keep:
+        key = torch.where(valid, confidence.detach(), float("inf"))
+        order = torch.sort(key, dim=1, stable=True).indices[:, :keep]
+        kept = kept.scatter(1, order, True)
+    return kept
+
+
+def aggregate(x, y, transport, s, lam: float, kept=None):
+    """Mass-normalised aggregation. Intra (kept None, Eq. 11): W = T. Inter (Eq. 15-16):
+    W_ji = p_ij on stable sources. Returns tokens [B,M,D] = (x + lam W y)/(1 + lam W 1), mass."""
+    weight = transport
+    if kept is not None:
+        column = transport.sum(1)
+        stable = (s > 0) & ~kept & (column > 0)
+        weight = transport * torch.where(stable, 1.0 / torch.where(stable, column, 1.0), 0.0).unsqueeze(1)
+    mass = weight.sum(2)
+    tokens = (x + lam * torch.bmm(weight, y)) / (1.0 + lam * mass).unsqueeze(2)
+    return tokens, mass
+
+
+def sinkhorn_aggregate(anchors, sources, anchor_weight, source_weight, eps, lam, max_iter, tol,
+                       tau=None, keep=None):
+    """Same contract and outputs as torch.ops.aot.sinkhorn_aggregate, in plain torch."""
+    cd = compute_dtype(anchors.dtype)
+    x, y = anchors.to(cd), sources.to(cd)
+    batch, m, n = x.shape[0], x.shape[1], y.shape[1]
+    cost = cosine_cost(x, y)
+    a, s = marginals(anchor_weight, source_weight, batch, m, n, cd, x.device)
+    f, g, iterations, error = sinkhorn(cost, a, s, eps, max_iter, tol)
+    transport = plan(cost, f, g, eps)
+    confidence = confidence_of(transport, s)
+    inter = tau is not None or keep is not None
+    kept = select_kept(confidence, s, tau, keep) if inter else torch.zeros_like(s, dtype=torch.bool)
+    tokens, mass = aggregate(x, y, transport, s, lam, kept if inter else None)
+    distance = (transport * cost).sum((1, 2))
+    out = anchors.dtype
+    return (tokens.to(out), mass.to(out), confidence.to(out), kept, distance.to(out), iterations,
+            f.to(out), g.to(out), error.to(out))

@@ -1,0 +1,129 @@
+"""Loads the compiled aot op library and registers its fake kernels and autograd.
+
+The schemas are defined once in csrc/schemas.cpp; importing aot_kernels._C runs that
+registration. A missing or broken extension is not an error here: HAS_EXTENSION is False,
+EXTENSION_ERROR says why, and the Python API falls back to the "torch" backend with a warning.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import composite
+from .implicit_grad import ImplicitPotentials, cost_grad
+
+try:
+    from . import _C  # noqa: F401  (side effect: TORCH_LIBRARY(aot, ...) registration)
+
+    HAS_EXTENSION = True
+    EXTENSION_ERROR = None
+except ImportError as exc:  # not built, or built against another torch
+    HAS_EXTENSION = False
+    EXTENSION_ERROR = f"{type(exc).__name__}: {exc}"
+
+
+def _cd(t: torch.Tensor) -> torch.dtype:
+    return composite.compute_dtype(t.dtype)
+
+
+# ---- cosine_cost -----------------------------------------------------------------------------
+
+def _cosine_cost_fake(x, y):
+    return x.new_empty(x.shape[0], x.shape[1], y.shape[1])
+
+
+def _cosine_cost_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _cosine_cost_backward(ctx, grad):
+    x, y = ctx.saved_tensors
+    with torch.enable_grad():
+        xr, yr = x.detach().requires_grad_(), y.detach().requires_grad_()
+        cost = composite.cosine_cost(xr, yr)
+        gx, gy = torch.autograd.grad(cost, (xr, yr), grad.to(cost.dtype))
+    return gx.to(x.dtype), gy.to(y.dtype)
+
+
+# ---- sinkhorn --------------------------------------------------------------------------------
+
+def _sinkhorn_fake(cost, anchor_weight=None, source_weight=None, eps=0.1, max_iter=100, tol=0.0):
+    b, m, n = cost.shape
+    return (cost.new_empty(b, m), cost.new_empty(b, n), cost.new_empty(b, dtype=torch.int64),
+            cost.new_empty(b))
+
+
+def _sinkhorn_setup(ctx, inputs, output):
+    cost, _, _, eps, _, _ = inputs
+    f, g, iterations, error = output
+    ctx.eps = eps
+    ctx.mark_non_differentiable(iterations, error)
+    ctx.save_for_backward(cost, f, g)
+
+
+def _sinkhorn_backward(ctx, grad_f, grad_g, _grad_iterations, _grad_error):
+    cost, f, g = ctx.saved_tensors
+    cd = _cd(cost)
+    grad_f = None if grad_f is None else grad_f.to(cd)
+    grad_g = None if grad_g is None else grad_g.to(cd)
+    grad = cost_grad(cost.to(cd), f.to(cd), g.to(cd), ctx.eps, grad_f, grad_g)
+    return grad.to(cost.dtype), None, None, None, None, None
+
+
+# ---- sinkhorn_aggregate ----------------------------------------------------------------------
+
+def _aggregate_fake(anchors, sources, anchor_weight=None, source_weight=None, eps=0.1, lam=1.0,
+                    max_iter=100, tol=0.0, tau=None, keep=None):
+    b, m, _ = anchors.shape
+    n = sources.shape[1]
+    return (anchors.new_empty(anchors.shape), anchors.new_empty(b, m), anchors.new_empty(b, n),
+            anchors.new_empty(b, n, dtype=torch.bool), anchors.new_empty(b),
+            anchors.new_empty(b, dtype=torch.int64), anchors.new_empty(b, m),
+            anchors.new_empty(b, n), anchors.new_empty(b))
+
+
+def _aggregate_setup(ctx, inputs, output):
+    anchors, sources, anchor_weight, source_weight, eps, lam, _, _, tau, keep = inputs
+    _, _, _, kept, _, iterations, f, g, error = output
+    ctx.eps, ctx.lam, ctx.inter = eps, lam, tau is not None or keep is not None
+    ctx.mark_non_differentiable(kept, iterations, error)
+    ctx.weights = (anchor_weight, source_weight)
+    ctx.save_for_backward(anchors, sources, f, g, kept)
+
+
+def _aggregate_backward(ctx, g_tokens, g_mass, g_confidence, _g_kept, g_distance, _g_iter,
+                        g_f, g_g, _g_error):
+    """Recompute the differentiable tail (cost, plan, aggregation) with autograd from the saved
+    potentials; the Sinkhorn fixed point is differentiated implicitly (implicit_grad.py)."""
+    anchors, sources, f, g, kept = ctx.saved_tensors
+    cd = _cd(anchors)
+    with torch.enable_grad():
+        x = anchors.detach().to(cd).requires_grad_()
+        y = sources.detach().to(cd).requires_grad_()
+        cost = composite.cosine_cost(x, y)
+        _, s = composite.marginals(*ctx.weights, x.shape[0], x.shape[1], y.shape[1], cd, x.device)
+        f_, g_ = ImplicitPotentials.apply(cost, f.to(cd), g.to(cd), ctx.eps)
+        transport = composite.plan(cost, f_, g_, ctx.eps)
+        tokens, mass = composite.aggregate(x, y, transport, s, ctx.lam, kept if ctx.inter else None)
+        pairs = [
+            (tokens, g_tokens), (mass, g_mass),
+            (composite.confidence_of(transport, s), g_confidence),
+            ((transport * cost).sum((1, 2)), g_distance), (f_, g_f), (g_, g_g),
+        ]
+        outs = [o for o, go in pairs if go is not None]
+        grads = [go.to(cd) for _, go in pairs if go is not None]
+        gx, gy = torch.autograd.grad(outs, (x, y), grads, allow_unused=True)
+    gx = torch.zeros_like(anchors) if gx is None else gx.to(anchors.dtype)
+    gy = torch.zeros_like(sources) if gy is None else gy.to(sources.dtype)
+    return (gx, gy) + (None,) * 8
+
+
+if HAS_EXTENSION:
+    torch.library.register_fake("aot::cosine_cost")(_cosine_cost_fake)
+    torch.library.register_fake("aot::sinkhorn")(_sinkhorn_fake)
+    torch.library.register_fake("aot::sinkhorn_aggregate")(_aggregate_fake)
+    torch.library.register_autograd("aot::cosine_cost", _cosine_cost_backward,
+                                    setup_context=_cosine_cost_setup)
+    torch.library.register_autograd("aot::sinkhorn", _sinkhorn_backward,
+                                    setup_context=_sinkhorn_setup)
+    torch.library.register_autograd("aot::sinkhorn_aggregate", _aggregate_backward,
+                                    setup_context=_aggregate_setup)

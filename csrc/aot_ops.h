@@ -1,0 +1,30 @@
+// CPU entry points of the aot op family. Schemas live in schemas.cpp (TORCH_LIBRARY, once);
+// kernels are registered for the CPU key next to their definitions.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+
+namespace aot {
+
+// C[b, j, i] = 1 - <x_j / max(|x_j|, 1e-12), y_i / max(|y_i|, 1e-12)>; x [B,M,D], y [B,N,D].
+at::Tensor cosine_cost_cpu(const at::Tensor& x, const at::Tensor& y);
+
+// Log-domain Sinkhorn on cost [B,M,N] -> (f [B,M], g [B,N], iterations [B] int64, error [B]).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cpu(
+    const at::Tensor& cost, const std::optional<at::Tensor>& anchor_weight,
+    const std::optional<at::Tensor>& source_weight, double eps, int64_t max_iter, double tol);
+
+// Cost + Sinkhorn + aggregation -> (tokens [B,M,D], mass [B,M], confidence [B,N],
+// kept [B,N] bool, distance [B], iterations [B] int64, f [B,M], g [B,N], error [B]).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor, at::Tensor>
+sinkhorn_aggregate_cpu(const at::Tensor& anchors, const at::Tensor& sources,
+                       const std::optional<at::Tensor>& anchor_weight,
+                       const std::optional<at::Tensor>& source_weight, double eps, double lam,
+                       int64_t max_iter, double tol, std::optional<double> tau,
+                       std::optional<int64_t> keep);
+
+}  // namespace aot

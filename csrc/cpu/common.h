@@ -1,0 +1,59 @@
+// Shared input checks and small helpers of the CPU kernels.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+
+namespace aot {
+
+// fp16/bf16 are computed in fp32 (SPEC §1); fp32 and fp64 natively.
+inline at::ScalarType compute_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline void check_features(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), name,
+                   " must be a floating tensor (float16/bfloat16/float32/float64), got ",
+                   t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 3, name, " must have shape [B, rows, D], got rank ", t.dim());
+}
+
+inline void check_pair(const at::Tensor& x, const at::Tensor& y, const char* xn, const char* yn) {
+  check_features(x, xn);
+  check_features(y, yn);
+  TORCH_CHECK_VALUE(x.device() == y.device(), xn, " and ", yn, " are on different devices");
+  TORCH_CHECK_VALUE(x.size(0) == y.size(0), "batch sizes differ: ", xn, " has ", x.size(0), ", ",
+                    yn, " has ", y.size(0));
+  TORCH_CHECK_VALUE(x.size(2) == y.size(2), "feature sizes differ: ", xn, " has D=", x.size(2),
+                    ", ", yn, " has D=", y.size(2));
+  TORCH_CHECK_VALUE(x.size(1) > 0, xn, " has no rows (M == 0)");
+  TORCH_CHECK_VALUE(y.size(1) > 0, yn, " has no rows (N == 0)");
+}
+
+inline void check_solver_args(double eps, int64_t max_iter, double tol) {
+  TORCH_CHECK_VALUE(eps > 0 && std::isfinite(eps), "eps must be a finite number > 0, got ", eps);
+  TORCH_CHECK_VALUE(max_iter >= 1, "max_iter must be >= 1, got ", max_iter);
+  TORCH_CHECK_VALUE(tol >= 0 && std::isfinite(tol), "tol must be a finite number >= 0, got ", tol);
+}
+
+// Unit-norm rows with the F.normalize floor, in the compute dtype.
+inline at::Tensor unit_rows(const at::Tensor& t) {
+  auto c = t.to(compute_dtype(t.scalar_type())).contiguous();
+  return c / at::linalg_vector_norm(c, 2, {-1}, /*keepdim=*/true).clamp_min(1e-12);
+}
+
+// 1 - <x^, y^> as one batched GEMM (BLAS does the O(BMND) work).
+inline at::Tensor cosine_cost_of_units(const at::Tensor& xu, const at::Tensor& yu) {
+  return at::baddbmm(at::ones({1, 1, 1}, xu.options()), xu, yu.transpose(1, 2), 1.0, -1.0);
+}
+
+// SPEC §2 marginals in dtype `dt`: uniform probabilities when absent, sources rescaled to the
+// anchors' total; zero weight = padding. Returns (a [B,M], s [B,N]).
+std::pair<at::Tensor, at::Tensor> marginals(const std::optional<at::Tensor>& anchor_weight,
+                                            const std::optional<at::Tensor>& source_weight,
+                                            int64_t B, int64_t M, int64_t N, at::ScalarType dt,
+                                            const at::Device& device);
+
+}  // namespace aot

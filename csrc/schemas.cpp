@@ -1,0 +1,17 @@
+// The aot op family, defined once. Kernels: csrc/cpu (CPU), aot_kernels/triton (CUDA);
+// fake kernels and autograd are registered from Python (aot_kernels/ops.py).
+#include <torch/library.h>
+
+TORCH_LIBRARY(aot, m) {
+  m.def("cosine_cost(Tensor x, Tensor y) -> Tensor");
+  m.def(
+      "sinkhorn(Tensor cost, Tensor? anchor_weight=None, Tensor? source_weight=None, "
+      "float eps=0.1, int max_iter=100, float tol=0.0) "
+      "-> (Tensor f, Tensor g, Tensor iterations, Tensor error)");
+  m.def(
+      "sinkhorn_aggregate(Tensor anchors, Tensor sources, Tensor? anchor_weight=None, "
+      "Tensor? source_weight=None, float eps=0.1, float lam=1.0, int max_iter=100, "
+      "float tol=0.0, float? tau=None, int? keep=None) "
+      "-> (Tensor tokens, Tensor mass, Tensor confidence, Tensor kept, Tensor distance, "
+      "Tensor iterations, Tensor f, Tensor g, Tensor error)");
+}

@@ -1,0 +1,183 @@
+"""Float64 NumPy reference for SPEC §1-3 and the inter-frame step of §5.
+
+Deliberately slow and literal: one problem at a time, one Sinkhorn half-step per line, the
+equations of ../shared/SPEC.md written as they stand. No torch. Every backend is judged by it.
+Batched helpers at the bottom loop over problems.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NORM_FLOOR = 1e-12  # F.normalize convention (SPEC §1)
+
+
+def cosine_cost(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """C[j, i] = 1 - <x_j/|x_j|, y_i/|y_i|> for anchors x [M, D] and sources y [N, D]."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    m, n = x.shape[0], y.shape[0]
+    cost = np.empty((m, n))
+    for j in range(m):
+        xj = x[j] / max(np.linalg.norm(x[j]), NORM_FLOOR)
+        for i in range(n):
+            yi = y[i] / max(np.linalg.norm(y[i]), NORM_FLOOR)
+            cost[j, i] = 1.0 - float(np.dot(xj, yi))
+    return cost
+
+
+def marginals(anchor_weight, source_weight, m: int, n: int):
+    """SPEC §2 marginals: uniform probabilities by default, sources rescaled to the anchors' total."""
+    a = np.full(m, 1.0 / m) if anchor_weight is None else np.asarray(anchor_weight, np.float64)
+    s = np.full(n, 1.0 / n) if source_weight is None else np.asarray(source_weight, np.float64)
+    if np.any(~np.isfinite(a)) or np.any(a < 0) or a.sum() == 0:
+        raise ValueError("anchor_weight must be finite, non-negative, not all zero")
+    if np.any(~np.isfinite(s)) or np.any(s < 0) or s.sum() == 0:
+        raise ValueError("source_weight must be finite, non-negative, not all zero")
+    s = s * (a.sum() / s.sum())
+    return a, s
+
+
+def _log(w: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.log(w)  # log 0 = -inf: padding drops out of every LSE
+
+
+def _lse(v: np.ndarray) -> float:
+    finite = v[np.isfinite(v)]
+    if finite.size == 0:
+        return -np.inf
+    top = finite.max()
+    return float(top + np.log(np.sum(np.exp(finite - top))))
+
+
+def plan_from_potentials(cost, f, g, eps):
+    """T[j, i] = exp((f_j + g_i - C[j, i]) / eps); exactly 0 where f_j or g_i is -inf."""
+    live = np.isfinite(f)[:, None] & np.isfinite(g)[None, :]
+    with np.errstate(invalid="ignore"):
+        return np.where(live, np.exp((f[:, None] + g[None, :] - cost) / eps), 0.0)
+
+
+def row_error(plan, a) -> float:
+    """L1 row-marginal violation sum_j |sum_i T_ji - a_j| (SPEC §2 stopping rule)."""
+    return float(np.sum(np.abs(plan.sum(axis=1) - a)))
+
+
+@dataclass
+class SinkhornResult:
+    f: np.ndarray
+    g: np.ndarray
+    iterations: int
+    error: float
+    plan: np.ndarray
+
+
+def sinkhorn(cost, anchor_weight=None, source_weight=None, eps=0.1, max_iter=100, tol=0.0):
+    """Log-domain Sinkhorn for one problem, exactly as SPEC §2 (start g = 0, f then g)."""
+    cost = np.asarray(cost, dtype=np.float64)
+    m, n = cost.shape
+    a, s = marginals(anchor_weight, source_weight, m, n)
+    log_a, log_s = _log(a), _log(s)
+    f = np.zeros(m)
+    g = np.where(s > 0, 0.0, -np.inf)  # g = 0 on real sources; padding never contributes
+    iterations = 0
+    for _ in range(max_iter):
+        for j in range(m):
+            f[j] = -np.inf if a[j] == 0 else eps * log_a[j] - eps * _lse((g - cost[j, :]) / eps)
+        for i in range(n):
+            g[i] = -np.inf if s[i] == 0 else eps * log_s[i] - eps * _lse((f - cost[:, i]) / eps)
+        iterations += 1
+        if row_error(plan_from_potentials(cost, f, g, eps), a) < tol:
+            break
+    plan = plan_from_potentials(cost, f, g, eps)
+    return SinkhornResult(f, g, iterations, row_error(plan, a), plan)
+
+
+@dataclass
+class AggregateResult:
+    tokens: np.ndarray  # [M, D]
+    mass: np.ndarray  # [M] weight each anchor received (T rows, or p of stable sources)
+    confidence: np.ndarray  # [N] q_i = max_j p_ij
+    kept: np.ndarray  # [N] bool, dynamic (kept as they are) sources; all False in intra mode
+    distance: float
+    iterations: int
+    plan: np.ndarray
+    f: np.ndarray
+    g: np.ndarray
+
+
+def sinkhorn_aggregate(anchors, sources, anchor_weight=None, source_weight=None, eps=0.1,
+                       lam=1.0, max_iter=100, tol=0.0, tau=None, keep=None) -> AggregateResult:
+    """Cost + Sinkhorn + aggregation for one (anchors [M,D], sources [N,D]) problem.
+
+    Intra mode (SPEC §3, Eq. 11) when tau and keep are None:
+        x~_j = (x_j + lam sum_i T_ji y_i) / (1 + lam m_j),  m_j = sum_i T_ji.
+    Inter mode (SPEC §5, Eq. 13-16) with a threshold tau or a keep count:
+        p_ij = T_ji / sum_j' T_j'i, q_i = max_j p_ij; dynamic sources (q_i < tau, or the `keep`
+        lowest q, ties to the lower index) are kept; the stable ones are merged with weights p.
+    """
+    x = np.asarray(anchors, dtype=np.float64)
+    y = np.asarray(sources, dtype=np.float64)
+    m, n = x.shape[0], y.shape[0]
+    if tau is not None and keep is not None:
+        raise ValueError("give tau or keep, not both")
+    cost = cosine_cost(x, y)
+    sk = sinkhorn(cost, anchor_weight, source_weight, eps, max_iter, tol)
+    plan = sk.plan
+    _, s = marginals(anchor_weight, source_weight, m, n)
+    valid = s > 0
+
+    column = plan.sum(axis=0)
+    p = np.zeros((m, n))
+    confidence = np.zeros(n)
+    for i in range(n):
+        if valid[i] and column[i] > 0:
+            p[:, i] = plan[:, i] / column[i]
+            confidence[i] = p[:, i].max()
+
+    kept = np.zeros(n, dtype=bool)
+    if tau is not None:
+        for i in range(n):
+            kept[i] = valid[i] and confidence[i] < tau
+    elif keep is not None:
+        candidates = sorted((confidence[i], i) for i in range(n) if valid[i])
+        if keep > len(candidates):
+            raise ValueError("keep exceeds the number of non-padded sources")
+        for _, i in candidates[:keep]:
+            kept[i] = True
+
+    inter = tau is not None or keep is not None
+    weight = np.zeros((m, n))
+    for j in range(m):
+        for i in range(n):
+            if inter:
+                weight[j, i] = p[j, i] if (valid[i] and not kept[i]) else 0.0
+            else:
+                weight[j, i] = plan[j, i]
+    mass = weight.sum(axis=1)
+    tokens = np.empty_like(x)
+    for j in range(m):
+        tokens[j] = (x[j] + lam * (weight[j] @ y)) / (1.0 + lam * mass[j])
+    distance = float(np.sum(plan * cost))
+    return AggregateResult(tokens, mass, confidence, kept, distance, sk.iterations, plan, sk.f, sk.g)
+
+
+# ---- batched helpers: a loop over problems, weights [B, *] or None ----------------------------
+
+def _row(w, b):
+    return None if w is None else np.asarray(w)[b]
+
+
+def batched_cosine_cost(x, y):
+    return np.stack([cosine_cost(x[b], y[b]) for b in range(len(x))])
+
+
+def batched_sinkhorn(cost, anchor_weight=None, source_weight=None, **kw):
+    return [sinkhorn(cost[b], _row(anchor_weight, b), _row(source_weight, b), **kw)
+            for b in range(len(cost))]
+
+
+def batched_sinkhorn_aggregate(anchors, sources, anchor_weight=None, source_weight=None, **kw):
+    return [sinkhorn_aggregate(anchors[b], sources[b], _row(anchor_weight, b),
+                               _row(source_weight, b), **kw) for b in range(len(anchors))]
