@@ -55,12 +55,17 @@ def np_or_none(t):
     return None if t is None else t.numpy()
 
 
+def solve_cpp(problem):
+    x, y, aw, sw, eps, kw = problem
+    return ak.sinkhorn_aggregate(x, y, anchor_weight=aw, source_weight=sw, eps=eps,
+                                 return_plan=True, backend="cpp", **kw)
+
+
 @settings(max_examples=60, deadline=None)
 @given(problems())
 def test_cpp_matches_reference(problem):
     x, y, aw, sw, eps, kw = problem
-    out = ak.sinkhorn_aggregate(x, y, anchor_weight=aw, source_weight=sw, eps=eps,
-                                return_plan=True, backend="cpp", **kw)
+    out = solve_cpp(problem)
     ref = R.batched_sinkhorn_aggregate(x.numpy(), y.numpy(), np_or_none(aw), np_or_none(sw),
                                        eps=eps, **kw)
     assume(not any(selection_is_a_near_tie(r, kw) for r in ref))
@@ -76,8 +81,7 @@ def test_cpp_matches_reference(problem):
 def test_plan_invariants(problem):
     """Columns carry the (rescaled) source mass; padding carries none; tokens stay finite."""
     x, y, aw, sw, eps, kw = problem
-    out = ak.sinkhorn_aggregate(x, y, anchor_weight=aw, source_weight=sw, eps=eps,
-                                return_plan=True, backend="cpp", **kw)
+    out = solve_cpp(problem)
     a = torch.full(x.shape[:2], 1.0 / x.shape[1], dtype=x.dtype) if aw is None else aw
     s = torch.full(y.shape[:2], 1.0 / y.shape[1], dtype=y.dtype) if sw is None else sw
     s = s * a.sum(1, keepdim=True) / s.sum(1, keepdim=True)
