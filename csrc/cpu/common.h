@@ -38,15 +38,18 @@ inline void check_solver_args(double eps, int64_t max_iter, double tol) {
   TORCH_CHECK_VALUE(tol >= 0 && std::isfinite(tol), "tol must be a finite number >= 0, got ", tol);
 }
 
-// Unit-norm rows with the F.normalize floor, in the compute dtype.
-inline at::Tensor unit_rows(const at::Tensor& t) {
-  auto c = t.to(compute_dtype(t.scalar_type())).contiguous();
-  return c / at::linalg_vector_norm(c, 2, {-1}, /*keepdim=*/true).clamp_min(1e-12);
-}
-
-// 1 - <x^, y^> as one batched GEMM (BLAS does the O(BMND) work).
-inline at::Tensor cosine_cost_of_units(const at::Tensor& xu, const at::Tensor& yu) {
-  return at::baddbmm(at::ones({1, 1, 1}, xu.options()), xu, yu.transpose(1, 2), 1.0, -1.0);
+// C = 1 - <x, y> / (max(|x|, 1e-12) max(|y|, 1e-12)) (the F.normalize convention) in the
+// compute dtype: one batched GEMM on the raw features (no normalised copies of x and y), then
+// three in-place passes over the much smaller C.
+inline at::Tensor cosine_cost_compute(const at::Tensor& x, const at::Tensor& y) {
+  const auto dt = compute_dtype(x.scalar_type());
+  auto xc = x.to(dt).contiguous();
+  auto yc = y.to(dt).contiguous();
+  auto inv_x = at::linalg_vector_norm(xc, 2, {-1}, /*keepdim=*/true).clamp_min_(1e-12).reciprocal_();
+  auto inv_y = at::linalg_vector_norm(yc, 2, {-1}, /*keepdim=*/true).clamp_min_(1e-12).reciprocal_();
+  auto cost = at::bmm(xc, yc.transpose(1, 2));
+  cost.mul_(inv_x).mul_(inv_y.transpose(1, 2)).neg_().add_(1.0);
+  return cost;
 }
 
 // SPEC §2 marginals in dtype `dt`: uniform probabilities when absent, sources rescaled to the

@@ -58,168 +58,271 @@ struct Limits {
   static constexpr T big = T(1e8);
 };
 
+// ---- hot loops: one pass over K per iteration, vectorised; cloned for AVX2+FMA at load time ----
+// K is stored [Mp, ld] with Mp a multiple of kRows and ld a multiple of 16, zero outside [M, N]:
+// the loops then have no remainders, and kRows rows share each load of v and each update of ktu.
+constexpr int64_t kRows = 4;
+
+// The fused sweep of one scaling iteration. For each row j: kv_j = K_j . v, the row-marginal
+// error term |u_j kv_j - a_j| of the current plan, u'_j = a_j / kv_j and ktu += u'_j K_j while the
+// rows are still in L1. Returns the error; *safe is false if some kv_j was too small to divide by
+// (then u' and ktu are incomplete and the caller takes a log-domain step instead).
+template <typename T>
+inline __attribute__((always_inline)) double sweep_impl(const T* K, const T* v, const T* u,
+                                                        const T* a, int64_t Mp, int64_t ld,
+                                                        T* u_new, T* ktu, bool* safe) {
+  double err = 0;
+  bool ok = true;
+  for (int64_t i = 0; i < ld; ++i) ktu[i] = 0;
+  for (int64_t jb = 0; jb < Mp; jb += kRows) {
+    const T *K0 = K + jb * ld, *K1 = K0 + ld, *K2 = K1 + ld, *K3 = K2 + ld;
+    T k0 = 0, k1 = 0, k2 = 0, k3 = 0;
+#pragma omp simd reduction(+ : k0, k1, k2, k3)
+    for (int64_t i = 0; i < ld; ++i) {
+      k0 += K0[i] * v[i];
+      k1 += K1[i] * v[i];
+      k2 += K2[i] * v[i];
+      k3 += K3[i] * v[i];
+    }
+    const T kv[kRows] = {k0, k1, k2, k3};
+    for (int64_t r = 0; r < kRows; ++r) {
+      const int64_t j = jb + r;
+      err += std::abs(static_cast<double>(u[j]) * kv[r] - a[j]);
+      if (a[j] > 0 && !(kv[r] >= Limits<T>::tiny)) ok = false;
+      u_new[j] = (a[j] > 0 && ok) ? a[j] / kv[r] : T(0);  // padded rows (a = 0) stay 0
+    }
+    if (!ok) continue;  // finish the error, skip the update
+    const T u0 = u_new[jb], u1 = u_new[jb + 1], u2 = u_new[jb + 2], u3 = u_new[jb + 3];
+#pragma omp simd
+    for (int64_t i = 0; i < ld; ++i) ktu[i] += u0 * K0[i] + u1 * K1[i] + u2 * K2[i] + u3 * K3[i];
+  }
+  *safe = ok;
+  return err;
+}
+
+// ktu = K^T u (after a log-domain f step).
+template <typename T>
+inline __attribute__((always_inline)) void column_pass_impl(const T* K, const T* u, int64_t Mp,
+                                                            int64_t ld, T* ktu) {
+  for (int64_t i = 0; i < ld; ++i) ktu[i] = 0;
+  for (int64_t jb = 0; jb < Mp; jb += kRows) {
+    const T *K0 = K + jb * ld, *K1 = K0 + ld, *K2 = K1 + ld, *K3 = K2 + ld;
+    const T u0 = u[jb], u1 = u[jb + 1], u2 = u[jb + 2], u3 = u[jb + 3];
+#pragma omp simd
+    for (int64_t i = 0; i < ld; ++i) ktu[i] += u0 * K0[i] + u1 * K1[i] + u2 * K2[i] + u3 * K3[i];
+  }
+}
+
+#define AOT_CLONES __attribute__((target_clones("arch=haswell", "default")))
+AOT_CLONES double sweep(const float* K, const float* v, const float* u, const float* a,
+                        int64_t Mp, int64_t ld, float* un, float* ktu, bool* safe) {
+  return sweep_impl(K, v, u, a, Mp, ld, un, ktu, safe);
+}
+AOT_CLONES double sweep(const double* K, const double* v, const double* u, const double* a,
+                        int64_t Mp, int64_t ld, double* un, double* ktu, bool* safe) {
+  return sweep_impl(K, v, u, a, Mp, ld, un, ktu, safe);
+}
+AOT_CLONES void column_pass(const float* K, const float* u, int64_t Mp, int64_t ld, float* ktu) {
+  column_pass_impl(K, u, Mp, ld, ktu);
+}
+AOT_CLONES void column_pass(const double* K, const double* u, int64_t Mp, int64_t ld, double* ktu) {
+  column_pass_impl(K, u, Mp, ld, ktu);
+}
+#undef AOT_CLONES
+
 template <typename T>
 struct SolveOut {
   int64_t iterations;
   T error;
 };
 
-// One problem: cost C [M,N] row-major, marginals a [M], s [N]. Writes f [M], g [N] and, when
-// plan != nullptr, T [M,N]. Workspace K [M*N] is the caller's (one per thread).
+// One problem: cost C [M,N] row-major, marginals a [M], s [N]. The plan is T_ji = u_j K_ji v_i
+// with K_ji = exp((fbar_j + gbar_i - C_ji)/eps) (see the file comment). Vectors are padded to
+// Mp / ld with zero weight, which the hot loops treat as padding.
 template <typename T>
-SolveOut<T> solve_problem(const T* C, const T* a, const T* s, int64_t M, int64_t N, T eps,
-                          int64_t max_iter, T tol, T* f, T* g, T* plan, std::vector<T>& K) {
-  const T inf = std::numeric_limits<T>::infinity();
-  const T inv_eps = T(1) / eps;
-  K.resize(static_cast<size_t>(M * N));
-  std::vector<T> fbar(M), gbar(N), u(M), v(N), kv(M), ktu(N), colmax(N), colsum(N);
-  std::vector<char> row_ok(M), col_ok(N);
-  for (int64_t j = 0; j < M; ++j) row_ok[j] = a[j] > 0;
-  for (int64_t i = 0; i < N; ++i) col_ok[i] = s[i] > 0;
-  // g starts at 0 on real sources; padding is -inf everywhere so it never contributes.
-  for (int64_t i = 0; i < N; ++i) {
-    gbar[i] = col_ok[i] ? T(0) : -inf;
-    v[i] = col_ok[i] ? T(1) : T(0);
+class Solver {
+ public:
+  Solver(const T* C, const T* a, const T* s, int64_t M, int64_t N, T eps, std::vector<T>& K)
+      : C_(C), s_(s), M_(M), N_(N), Mp_((M + kRows - 1) / kRows * kRows), ld_((N + 15) / 16 * 16),
+        eps_(eps), inv_eps_(T(1) / eps), K_(K), a_(Mp_, T(0)), fbar_(M), gbar_(N), u_(Mp_, T(0)),
+        u_new_(Mp_, T(0)), v_(ld_, T(0)), ktu_(ld_, T(0)), colmax_(N), colsum_(N), row_ok_(M),
+        col_ok_(N) {
+    K_.assign(static_cast<size_t>(Mp_ * ld_), T(0));
+    for (int64_t j = 0; j < M; ++j) {
+      a_[j] = a[j];
+      row_ok_[j] = a[j] > 0;
+      fbar_[j] = -inf();
+    }
+    // g starts at 0 on real sources; padding is -inf everywhere so it never contributes.
+    for (int64_t i = 0; i < N; ++i) {
+      col_ok_[i] = s[i] > 0;
+      gbar_[i] = col_ok_[i] ? T(0) : -inf();
+      v_[i] = col_ok_[i] ? T(1) : T(0);
+    }
   }
-  for (int64_t j = 0; j < M; ++j) {
-    fbar[j] = -inf;
-    u[j] = 0;
+
+  // Runs up to max_iter iterations (SPEC §2), stopping once the L1 row error < tol.
+  SolveOut<T> run(int64_t max_iter, T tol) {
+    // Iteration 1: g = 0 and no K yet, so the f half-step is a log-domain one.
+    log_f_step();
+    column_pass(K_.data(), u_.data(), Mp_, ld_, ktu_.data());
+    g_half_step();
+    for (int64_t it = 2; it <= max_iter; ++it) {
+      bool safe = true;
+      const double err = sweep(K_.data(), v_.data(), u_.data(), a_.data(), Mp_, ld_,
+                               u_new_.data(), ktu_.data(), &safe);
+      if (err < tol) return {it - 1, static_cast<T>(err)};  // error of iteration it-1's plan
+      if (safe) {
+        std::swap(u_, u_new_);
+      } else {
+        log_f_step();
+        column_pass(K_.data(), u_.data(), Mp_, ld_, ktu_.data());
+      }
+      g_half_step();
+    }
+    return {max_iter, static_cast<T>(final_error())};
+  }
+
+  void potentials(T* f, T* g) const {
+    for (int64_t j = 0; j < M_; ++j) f[j] = row_ok_[j] ? fbar_[j] + eps_ * std::log(u_[j]) : -inf();
+    for (int64_t i = 0; i < N_; ++i) g[i] = col_ok_[i] ? gbar_[i] + eps_ * std::log(v_[i]) : -inf();
+  }
+
+  void plan(T* out) const {
+    for (int64_t j = 0; j < M_; ++j)
+      for (int64_t i = 0; i < N_; ++i) out[j * N_ + i] = u_[j] * K_[j * ld_ + i] * v_[i];
+  }
+
+ private:
+  static constexpr T inf() { return std::numeric_limits<T>::infinity(); }
+  T* row(int64_t j) { return K_.data() + j * ld_; }
+
+  // v = s / (K^T u), in the log domain where K^T u is unsafe; absorb scalings out of range.
+  void g_half_step() {
+    bool safe = true;
+    for (int64_t i = 0; i < N_ && safe; ++i) safe = !col_ok_[i] || ktu_[i] >= Limits<T>::tiny;
+    if (safe) {
+      for (int64_t i = 0; i < N_; ++i) v_[i] = col_ok_[i] ? s_[i] / ktu_[i] : T(0);
+    } else {
+      log_g_step();
+    }
+    if (out_of_range(u_, row_ok_) || out_of_range(v_, col_ok_)) {
+      absorb_u();
+      absorb_v();
+      for (int64_t j = 0; j < M_; ++j) {
+        T* Kj = row(j);
+        const T* Cj = C_ + j * N_;
+        for (int64_t i = 0; i < N_; ++i)
+          Kj[i] = (row_ok_[j] && col_ok_[i]) ? std::exp((fbar_[j] + gbar_[i] - Cj[i]) * inv_eps_) : T(0);
+      }
+    }
+  }
+
+  double final_error() const {
+    double err = 0;
+    for (int64_t j = 0; j < M_; ++j) {
+      const T* Kj = K_.data() + j * ld_;
+      double kv = 0;
+      for (int64_t i = 0; i < N_; ++i) kv += static_cast<double>(Kj[i]) * v_[i];
+      err += std::abs(u_[j] * kv - a_[j]);
+    }
+    return err;
+  }
+
+  static bool out_of_range(const std::vector<T>& w, const std::vector<char>& ok) {
+    for (size_t k = 0; k < ok.size(); ++k)
+      if (ok[k] && !(w[k] <= Limits<T>::big && w[k] >= T(1) / Limits<T>::big)) return true;
+    return false;
   }
 
   // Fold the scalings into the log potentials: fbar += eps log u, gbar += eps log v.
-  auto absorb_u = [&]() {
-    for (int64_t j = 0; j < M; ++j)
-      if (row_ok[j]) {
-        fbar[j] += eps * std::log(u[j]);
-        u[j] = 1;
+  void absorb_u() {
+    for (int64_t j = 0; j < M_; ++j)
+      if (row_ok_[j]) {
+        fbar_[j] += eps_ * std::log(u_[j]);
+        u_[j] = 1;
       }
-  };
-  auto absorb_v = [&]() {
-    for (int64_t i = 0; i < N; ++i)
-      if (col_ok[i]) {
-        gbar[i] += eps * std::log(v[i]);
-        v[i] = 1;
+  }
+  void absorb_v() {
+    for (int64_t i = 0; i < N_; ++i)
+      if (col_ok_[i]) {
+        gbar_[i] += eps_ * std::log(v_[i]);
+        v_[i] = 1;
       }
-  };
+  }
+
   // Log-domain f half-step: f_j = eps log a_j - eps LSE_i((g_i - C_ji)/eps); K rebuilt with one
   // exp per entry as K_ji = a_j exp(z_ji - max_j) / sum_j.
-  auto log_f_step = [&]() {
+  void log_f_step() {
     absorb_v();
-    for (int64_t j = 0; j < M; ++j) {
-      T* Kj = K.data() + j * N;
-      const T* Cj = C + j * N;
-      if (!row_ok[j]) {
-        std::fill(Kj, Kj + N, T(0));
+    for (int64_t j = 0; j < M_; ++j) {
+      T* Kj = row(j);
+      const T* Cj = C_ + j * N_;
+      if (!row_ok_[j]) {
+        std::fill(Kj, Kj + N_, T(0));
         continue;
       }
-      T mx = -inf;
-      for (int64_t i = 0; i < N; ++i)
-        if (col_ok[i]) mx = std::max(mx, (gbar[i] - Cj[i]) * inv_eps);
+      T mx = -inf();
+      for (int64_t i = 0; i < N_; ++i)
+        if (col_ok_[i]) mx = std::max(mx, (gbar_[i] - Cj[i]) * inv_eps_);
       T sum = 0;
-      for (int64_t i = 0; i < N; ++i) {
-        Kj[i] = col_ok[i] ? std::exp((gbar[i] - Cj[i]) * inv_eps - mx) : T(0);
+      for (int64_t i = 0; i < N_; ++i) {
+        Kj[i] = col_ok_[i] ? std::exp((gbar_[i] - Cj[i]) * inv_eps_ - mx) : T(0);
         sum += Kj[i];
       }
-      fbar[j] = eps * (std::log(a[j]) - mx - std::log(sum));
-      const T scale = a[j] / sum;
-      for (int64_t i = 0; i < N; ++i) Kj[i] *= scale;
-      u[j] = 1;
+      fbar_[j] = eps_ * (std::log(a_[j]) - mx - std::log(sum));
+      const T scale = a_[j] / sum;
+      for (int64_t i = 0; i < N_; ++i) Kj[i] *= scale;
+      u_[j] = 1;
     }
-  };
-  // Log-domain g half-step, column-wise LSE done in row-major passes.
-  auto log_g_step = [&]() {
+  }
+
+  // Log-domain g half-step, the column-wise LSE done in row-major passes.
+  void log_g_step() {
     absorb_u();
-    std::fill(colmax.begin(), colmax.end(), -inf);
-    std::fill(colsum.begin(), colsum.end(), T(0));
-    for (int64_t j = 0; j < M; ++j) {
-      if (!row_ok[j]) continue;
-      const T* Cj = C + j * N;
-      for (int64_t i = 0; i < N; ++i) colmax[i] = std::max(colmax[i], (fbar[j] - Cj[i]) * inv_eps);
+    std::fill(colmax_.begin(), colmax_.end(), -inf());
+    std::fill(colsum_.begin(), colsum_.end(), T(0));
+    for (int64_t j = 0; j < M_; ++j) {
+      if (!row_ok_[j]) continue;
+      const T* Cj = C_ + j * N_;
+      for (int64_t i = 0; i < N_; ++i) colmax_[i] = std::max(colmax_[i], (fbar_[j] - Cj[i]) * inv_eps_);
     }
-    for (int64_t j = 0; j < M; ++j) {
-      T* Kj = K.data() + j * N;
-      const T* Cj = C + j * N;
-      for (int64_t i = 0; i < N; ++i) {
-        Kj[i] = (row_ok[j] && col_ok[i]) ? std::exp((fbar[j] - Cj[i]) * inv_eps - colmax[i]) : T(0);
-        colsum[i] += Kj[i];
+    for (int64_t j = 0; j < M_; ++j) {
+      T* Kj = row(j);
+      const T* Cj = C_ + j * N_;
+      for (int64_t i = 0; i < N_; ++i) {
+        Kj[i] = (row_ok_[j] && col_ok_[i]) ? std::exp((fbar_[j] - Cj[i]) * inv_eps_ - colmax_[i]) : T(0);
+        colsum_[i] += Kj[i];
       }
     }
-    for (int64_t i = 0; i < N; ++i) {
-      if (!col_ok[i]) continue;
-      gbar[i] = eps * (std::log(s[i]) - colmax[i] - std::log(colsum[i]));
-      colsum[i] = s[i] / colsum[i];  // now the column scale
-      v[i] = 1;
+    for (int64_t i = 0; i < N_; ++i) {
+      if (!col_ok_[i]) continue;
+      gbar_[i] = eps_ * (std::log(s_[i]) - colmax_[i] - std::log(colsum_[i]));
+      colsum_[i] = s_[i] / colsum_[i];  // now the column scale
+      v_[i] = 1;
     }
-    for (int64_t j = 0; j < M; ++j) {
-      T* Kj = K.data() + j * N;
-      for (int64_t i = 0; i < N; ++i) Kj[i] *= col_ok[i] ? colsum[i] : T(0);
+    for (int64_t j = 0; j < M_; ++j) {
+      T* Kj = row(j);
+      for (int64_t i = 0; i < N_; ++i) Kj[i] *= col_ok_[i] ? colsum_[i] : T(0);
     }
-  };
-  auto row_matvec = [&]() {  // kv = K v
-    for (int64_t j = 0; j < M; ++j) {
-      const T* Kj = K.data() + j * N;
-      T acc = 0;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t i = 0; i < N; ++i) acc += Kj[i] * v[i];
-      kv[j] = acc;
-    }
-  };
-  auto out_of_range = [&](const std::vector<T>& w, const std::vector<char>& ok) {
-    for (size_t k = 0; k < w.size(); ++k)
-      if (ok[k] && !(w[k] <= Limits<T>::big && w[k] >= T(1) / Limits<T>::big)) return true;
-    return false;
-  };
-
-  SolveOut<T> out{0, inf};
-  for (int64_t it = 1; it <= max_iter; ++it) {
-    // f half-step: u = a / (K v), or in the log domain where K v is unsafe.
-    bool f_log = it == 1;
-    for (int64_t j = 0; j < M && !f_log; ++j) f_log = row_ok[j] && !(kv[j] >= Limits<T>::tiny);
-    if (f_log) {
-      log_f_step();
-    } else {
-      for (int64_t j = 0; j < M; ++j) u[j] = row_ok[j] ? a[j] / kv[j] : T(0);
-    }
-    // g half-step: v = s / (K^T u).
-    std::fill(ktu.begin(), ktu.end(), T(0));
-    for (int64_t j = 0; j < M; ++j) {
-      const T* Kj = K.data() + j * N;
-      const T uj = u[j];
-      if (uj == T(0)) continue;
-#pragma omp simd
-      for (int64_t i = 0; i < N; ++i) ktu[i] += uj * Kj[i];
-    }
-    bool g_log = false;
-    for (int64_t i = 0; i < N && !g_log; ++i) g_log = col_ok[i] && !(ktu[i] >= Limits<T>::tiny);
-    if (g_log) {
-      log_g_step();
-    } else {
-      for (int64_t i = 0; i < N; ++i) v[i] = col_ok[i] ? s[i] / ktu[i] : T(0);
-    }
-    if (out_of_range(u, row_ok) || out_of_range(v, col_ok)) {
-      absorb_u();
-      absorb_v();
-      for (int64_t j = 0; j < M; ++j) {
-        T* Kj = K.data() + j * N;
-        const T* Cj = C + j * N;
-        for (int64_t i = 0; i < N; ++i)
-          Kj[i] = (row_ok[j] && col_ok[i]) ? std::exp((fbar[j] + gbar[i] - Cj[i]) * inv_eps) : T(0);
-      }
-    }
-    // Row sums of the current plan are u_j (K v)_j; kv is reused by the next f half-step.
-    row_matvec();
-    T err = 0;
-    for (int64_t j = 0; j < M; ++j) err += std::abs(u[j] * kv[j] - a[j]);
-    out = {it, err};
-    if (err < tol) break;
   }
 
-  for (int64_t j = 0; j < M; ++j) f[j] = row_ok[j] ? fbar[j] + eps * std::log(u[j]) : -inf;
-  for (int64_t i = 0; i < N; ++i) g[i] = col_ok[i] ? gbar[i] + eps * std::log(v[i]) : -inf;
-  if (plan != nullptr) {
-    for (int64_t j = 0; j < M; ++j)
-      for (int64_t i = 0; i < N; ++i) plan[j * N + i] = u[j] * K[j * N + i] * v[i];
-  }
+  const T* C_;
+  const T* s_;
+  int64_t M_, N_, Mp_, ld_;
+  T eps_, inv_eps_;
+  std::vector<T>& K_;
+  std::vector<T> a_, fbar_, gbar_, u_, u_new_, v_, ktu_, colmax_, colsum_;
+  std::vector<char> row_ok_, col_ok_;
+};
+
+template <typename T>
+SolveOut<T> solve_problem(const T* C, const T* a, const T* s, int64_t M, int64_t N, T eps,
+                          int64_t max_iter, T tol, T* f, T* g, T* plan, std::vector<T>& K) {
+  Solver<T> solver(C, a, s, M, N, eps, K);
+  auto out = solver.run(max_iter, tol);
+  solver.potentials(f, g);
+  if (plan != nullptr) solver.plan(plan);
   return out;
 }
 
@@ -261,11 +364,14 @@ Solved solve_batch(const at::Tensor& cost, const at::Tensor& a, const at::Tensor
 }
 
 // Per problem, from the plan: confidence q_i = max_j T_ji / sum_j T_ji, distance sum T C, the kept
-// (dynamic) sources of inter mode, and the aggregation weights written over the plan in place:
-// W = T (intra, Eq. 11) or W_ji = p_ij on stable sources (inter, Eq. 15-16). Returns mass = W 1.
+// (dynamic) sources of inter mode, the received mass m = W 1 of the aggregation weights
+// W = T (intra, Eq. 11) or W_ji = p_ij on stable sources (inter, Eq. 15-16), and, written over the
+// plan in place, W scaled per row by lam / (1 + lam m_j), so that the op's output is
+// x * anchor_scale + W' y with anchor_scale_j = 1 / (1 + lam m_j): one pass and one GEMM.
 template <typename T>
-void plan_to_weights(T* W, const T* C, const T* s, int64_t M, int64_t N, std::optional<double> tau,
-                     std::optional<int64_t> keep, T* confidence, bool* kept, T* distance, T* mass) {
+void plan_to_weights(T* W, const T* C, const T* s, int64_t M, int64_t N, T lam,
+                     std::optional<double> tau, std::optional<int64_t> keep, T* confidence,
+                     bool* kept, T* distance, T* mass, T* anchor_scale) {
   std::vector<T> column(N, T(0));
   std::vector<T> top(N, T(0));
   double dist = 0;  // sum over M*N terms: double keeps fp32 outputs at rounding level
@@ -301,9 +407,13 @@ void plan_to_weights(T* W, const T* C, const T* s, int64_t M, int64_t N, std::op
       for (int64_t i = 0; i < N; ++i) W[j * N + i] *= column[i];
   }
   for (int64_t j = 0; j < M; ++j) {
+    T* Wj = W + j * N;
     T acc = 0;
-    for (int64_t i = 0; i < N; ++i) acc += W[j * N + i];
+    for (int64_t i = 0; i < N; ++i) acc += Wj[i];
     mass[j] = acc;
+    anchor_scale[j] = T(1) / (T(1) + lam * acc);
+    const T row_scale = lam * anchor_scale[j];
+    for (int64_t i = 0; i < N; ++i) Wj[i] *= row_scale;
   }
 }
 
@@ -349,7 +459,7 @@ sinkhorn_aggregate_cpu(const at::Tensor& anchors, const at::Tensor& sources,
   const auto dt = compute_dtype(anchors.scalar_type());
   auto x = anchors.to(dt).contiguous();
   auto y = sources.to(dt).contiguous();
-  auto C = cosine_cost_of_units(unit_rows(x), unit_rows(y)).contiguous();
+  auto C = cosine_cost_compute(x, y);  // GEMM 1 of 2
   auto [a, s] = marginals(anchor_weight, source_weight, B, M, N, dt, anchors.device());
 
   auto W = at::empty({B, M, N}, x.options());
@@ -359,19 +469,23 @@ sinkhorn_aggregate_cpu(const at::Tensor& anchors, const at::Tensor& sources,
   auto kept = at::empty({B, N}, x.options().dtype(at::kBool));
   auto distance = at::empty({B}, x.options());
   auto mass = at::empty({B, M}, x.options());
+  auto anchor_scale = at::empty({B, M, 1}, x.options());
   AT_DISPATCH_FLOATING_TYPES(dt, "aot_plan_to_weights", [&] {
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b)
         plan_to_weights<scalar_t>(W.data_ptr<scalar_t>() + b * M * N,
                                   C.const_data_ptr<scalar_t>() + b * M * N,
-                                  s.const_data_ptr<scalar_t>() + b * N, M, N, tau, keep,
+                                  s.const_data_ptr<scalar_t>() + b * N, M, N,
+                                  static_cast<scalar_t>(lam), tau, keep,
                                   confidence.data_ptr<scalar_t>() + b * N,
                                   kept.data_ptr<bool>() + b * N, distance.data_ptr<scalar_t>() + b,
-                                  mass.data_ptr<scalar_t>() + b * M);
+                                  mass.data_ptr<scalar_t>() + b * M,
+                                  anchor_scale.data_ptr<scalar_t>() + b * M);
     });
   });
-  // x~ = (x + lam W y) / (1 + lam W 1): the second BLAS product of the op.
-  auto tokens = at::baddbmm(x, W, y, 1.0, lam) / (1.0 + lam * mass).unsqueeze(-1);
+  // x~ = (x + lam W y) / (1 + lam W 1) = x * anchor_scale + W' y: GEMM 2 of 2, accumulating.
+  auto tokens = x * anchor_scale;
+  tokens.baddbmm_(W, y);
 
   const auto out = anchors.scalar_type();
   return {tokens.to(out), mass.to(out), confidence.to(out), kept, distance.to(out),
