@@ -54,6 +54,19 @@ def demo(args) -> int:
     return 0
 
 
+def bench(args) -> int:
+    from . import bench as suite
+
+    if not HAS_EXTENSION:
+        print(f"the benchmark needs the compiled extension ({EXTENSION_ERROR})", file=sys.stderr)
+        return 1
+    if args.threads and min(args.threads) < 1:
+        print("--threads takes counts >= 1", file=sys.stderr)
+        return 2
+    suite.main(quick=args.quick, json_path=args.json, plot_path=args.plot, threads=args.threads)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m aot_kernels",
                                      description="AOT visual-token reduction kernels")
@@ -61,6 +74,14 @@ def main(argv=None) -> int:
     p_demo = sub.add_parser("demo", help="solve the paper's intra-frame workload on each backend")
     p_demo.add_argument("--repeat", type=int, default=5, help="timed runs per backend (median)")
     p_demo.set_defaults(func=demo)
+    p_bench = sub.add_parser("bench", help="CPU benchmark table: fused op vs torch, "
+                             "torch.compile, POT and the GEMM floor")
+    p_bench.add_argument("--quick", action="store_true", help="fewer cases and sweep points")
+    p_bench.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    p_bench.add_argument("--plot", metavar="PATH", help="write time-vs-size plots (PNG)")
+    p_bench.add_argument("--threads", type=int, nargs="+", metavar="T",
+                         help="thread counts for the paper cases (default: 1 and all)")
+    p_bench.set_defaults(func=bench)
     args = parser.parse_args(argv)
     if getattr(args, "repeat", 1) < 1:
         parser.error("--repeat must be >= 1")

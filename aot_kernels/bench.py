@@ -1,0 +1,336 @@
+"""CPU benchmark suite: the fused op side by side with what a user would otherwise run.
+
+`python -m aot_kernels bench [--quick] [--json out.json] [--plot out.png]` prints one table;
+benchmarks/test_bench_cpu.py runs the same cases under pytest-benchmark. Every implementation
+of a row runs in one process on the same inputs:
+
+  aot-cpp         this package's fused op (C++ backend)
+  torch           the "torch" backend, eager
+  torch.compile   the "torch" backend under torch.compile (compile time excluded)
+  pot-batch       POT ot.batch.solve_batch(method="log_sinkhorn") + the aggregation
+  pot-loop        POT ot.sinkhorn(method="sinkhorn_log") problem by problem + the aggregation
+  floor           the two unavoidable batched fp32 GEMMs alone: [B,M,D]x[B,D,N] (cost) and
+                  [B,M,N]x[B,N,D] (aggregation)
+
+Each row reports the median time, its ratio to the floor, the fused op's speed-up over it, the max
+|difference| of its tokens to the fused op's, and for aot-cpp/torch the extra memory of the forward
+pass in units of B*M*N fp32 floats (peak resident bytes of one call, outputs excluded).
+"""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import subprocess
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from . import composite
+from .api import sinkhorn_aggregate
+from .workloads import Workload, make_inputs
+
+
+@dataclass(frozen=True)
+class Case:
+    workload: Workload
+    tol: float = 0.0
+    sweep: Optional[str] = None  # None (a main case) or the swept parameter: N | B | iterations
+
+    @property
+    def name(self) -> str:
+        w = self.workload
+        tol = f" tol={self.tol:g}" if self.tol else ""
+        return f"{w.name} B={w.batch} M={w.anchors} N={w.sources} D={w.dim} it={w.max_iter}{tol}"
+
+
+PAPER_CASES = [
+    Case(Workload("paper-intra", 32, 126, 70, 1152)),
+    Case(Workload("paper-intra", 32, 126, 70, 3584)),
+    Case(Workload("paper-inter", 24, 126, 126, 1152)),
+    Case(Workload("paper-intra", 32, 126, 70, 1152, max_iter=1000), tol=1e-6),
+]
+
+
+def sweep_cases(quick: bool) -> List[Case]:
+    ns = [64, 256, 1024, 2304] if not quick else [64, 576]
+    bs = [1, 8, 32, 128, 256] if not quick else [1, 32]
+    its = [10, 100, 1000] if not quick else [10, 100]
+    cases = [Case(Workload("sweep-N", 8, 126, n, 1152), sweep="N") for n in ns]
+    cases += [Case(Workload("sweep-B", b, 126, 70, 1152), sweep="B") for b in bs]
+    cases += [Case(Workload("sweep-iterations", 32, 126, 70, 1152, max_iter=i), sweep="iterations")
+              for i in its]
+    return cases
+
+
+# ---- implementations: each returns the aggregated tokens [B,M,D] --------------------------------
+
+def _aggregate(x, y, transport):
+    """Eq. 11 from a plan, shared by the POT rows (lam = 1)."""
+    tokens, _ = composite.aggregate(x, y, transport, None, 1.0)
+    return tokens
+
+
+def run_cpp(x, y, case):
+    w = case.workload
+    return sinkhorn_aggregate(x, y, eps=w.eps, max_iter=w.max_iter, tol=case.tol, backend="cpp").tokens
+
+
+def run_torch(x, y, case):
+    w = case.workload
+    return sinkhorn_aggregate(x, y, eps=w.eps, max_iter=w.max_iter, tol=case.tol, backend="torch").tokens
+
+
+_compiled: Dict[tuple, Callable] = {}
+
+
+def run_compiled(x, y, case):
+    w = case.workload
+    key = (w.max_iter, case.tol, w.eps)
+    if key not in _compiled:
+        _compiled[key] = torch.compile(
+            lambda a, b: composite.sinkhorn_aggregate(a, b, None, None, w.eps, 1.0, w.max_iter, case.tol)[0])
+    return _compiled[key](x, y)
+
+
+def run_pot_batch(x, y, case):
+    import ot
+
+    w = case.workload
+    cost = composite.cosine_cost(x, y)
+    res = ot.batch.solve_batch(cost, reg=w.eps, max_iter=w.max_iter, tol=case.tol,
+                               method="log_sinkhorn", grad="detach")
+    return _aggregate(x, y, res.plan)
+
+
+def run_pot_loop(x, y, case):
+    import ot
+
+    w = case.workload
+    cost = composite.cosine_cost(x, y)
+    a = torch.full((w.anchors,), 1.0 / w.anchors)
+    b = torch.full((w.sources,), 1.0 / w.sources)
+    with warnings.catch_warnings():  # "did not converge": the iteration count is the point
+        warnings.simplefilter("ignore", UserWarning)
+        plans = [ot.sinkhorn(a, b, cost[i], w.eps, method="sinkhorn_log", numItermax=w.max_iter,
+                             stopThr=case.tol) for i in range(cost.shape[0])]
+    return _aggregate(x, y, torch.stack(plans))
+
+
+def floor_fn(x, y):
+    """The two GEMMs the op cannot avoid, on a plan-shaped operand made once outside the timing."""
+    weights = torch.rand(x.shape[0], x.shape[1], y.shape[1], dtype=x.dtype)
+
+    def run():
+        torch.bmm(x, y.transpose(1, 2))
+        return torch.bmm(weights, y)
+
+    return run
+
+
+def _pot_available() -> bool:
+    try:
+        import ot  # noqa: F401
+
+        return hasattr(ot, "batch")
+    except ImportError:
+        return False
+
+
+IMPLEMENTATIONS: Dict[str, Callable] = {
+    "aot-cpp": run_cpp,
+    "torch": run_torch,
+    "torch.compile": run_compiled,
+    "pot-batch": run_pot_batch,
+    "pot-loop": run_pot_loop,
+}
+POT_IMPLS = ("pot-batch", "pot-loop")
+SWEEP_IMPLS = ("aot-cpp", "torch", "pot-batch")  # the slow peers only on the main cases
+
+
+# ---- measurement --------------------------------------------------------------------------------
+
+def median_ms(fn: Callable, min_time: float = 0.2, min_runs: int = 3, max_runs: int = 30) -> float:
+    fn()  # warm-up: allocations, thread pool, compilation
+    times: List[float] = []
+    start = time.perf_counter()
+    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < min_time):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def _status_bytes(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def _probe_memory(impl: str, workload: dict, tol: float) -> None:
+    """Runs in a child process (see extra_memory_bmn): prints the extra bytes of one call."""
+    case = Case(Workload(**workload), tol=tol)
+    x, y = make_inputs(case.workload)
+    fn = IMPLEMENTATIONS[impl]
+    fn(x, y, case)  # warm-up: thread pool, lazy initialisation
+    base = _status_bytes("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark (Linux >= 4.0)
+    out = fn(x, y, case)
+    print(_status_bytes("VmHWM") - base - out.numel() * out.element_size())
+
+
+def extra_memory_bmn(impl: str, case: Case) -> Optional[float]:
+    """Peak extra resident memory of one forward call, outputs excluded, in B*M*N fp32 floats.
+
+    Measured in a fresh process where glibc serves every block over 64 KiB by mmap and returns
+    it on free, so the peak-RSS mark (reset just before the call) sees exactly the peak of the
+    call's live buffers. The CPU allocator keeps no counters of its own. None where /proc is
+    unavailable.
+    """
+    import os
+    import sys
+
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0",
+               OMP_NUM_THREADS=str(torch.get_num_threads()))
+    code = (f"from aot_kernels.bench import _probe_memory; "
+            f"_probe_memory({impl!r}, {asdict(case.workload)!r}, {case.tol!r})")
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env=env, check=True, timeout=600)
+        extra = int(done.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+    w = case.workload
+    return extra / (4 * w.batch * w.anchors * w.sources)
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": torch.get_num_threads(), "torch": torch.__version__,
+            "commit": commit(), "python": platform.python_version()}
+
+
+def run_case(case: Case, threads: int, impls) -> List[dict]:
+    torch.set_num_threads(threads)
+    w = case.workload
+    x, y = make_inputs(w)
+    floor = median_ms(floor_fn(x, y))
+    reference = run_cpp(x, y, case)
+    fused_ms = median_ms(lambda: run_cpp(x, y, case))
+    iterations = sinkhorn_aggregate(x, y, eps=w.eps, max_iter=w.max_iter, tol=case.tol,
+                                    backend="cpp").iterations.double().mean().item()
+    rows = [{"case": case.name, "sweep": case.sweep, "tol": case.tol, "threads": threads, "impl": "floor",
+             "ms": floor, "x_floor": 1.0, "fused_speedup": floor / fused_ms, "max_diff": None,
+             "extra_mem_bmn": None, "iterations": None, **{k: v for k, v in asdict(w).items()}}]
+    for name in impls:
+        if name == "torch.compile" and case.tol > 0:
+            continue  # data-dependent stopping breaks the graph every iteration: not a fair row
+        fn = IMPLEMENTATIONS[name]
+        ms = fused_ms if name == "aot-cpp" else median_ms(lambda: fn(x, y, case))
+        diff = (fn(x, y, case) - reference).abs().max().item()
+        mem = None
+        if name in ("aot-cpp", "torch") and case.sweep is None:
+            mem = extra_memory_bmn(name, case)
+        rows.append({"case": case.name, "sweep": case.sweep, "tol": case.tol, "threads": threads, "impl": name,
+                     "ms": ms, "x_floor": ms / floor, "fused_speedup": ms / fused_ms,
+                     "max_diff": diff, "extra_mem_bmn": mem,
+                     "iterations": iterations if name == "aot-cpp" else None,
+                     **{k: v for k, v in asdict(w).items()}})
+    return rows
+
+
+def format_table(rows: List[dict]) -> str:
+    head = (f"{'case':<58} {'thr':>3} {'impl':<14} {'median ms':>10} {'x floor':>8} "
+            f"{'aot-cpp is':>13} {'max|Δ tokens|':>14} {'extra mem':>10}")
+    lines = [head, "-" * len(head)]
+    last = None
+    for r in rows:
+        if last is not None and (r["case"], r["threads"]) != last:
+            lines.append("")
+        last = (r["case"], r["threads"])
+        diff = "" if r["max_diff"] is None else f"{r['max_diff']:.1e}"
+        mem = "" if r["extra_mem_bmn"] is None else f"{r['extra_mem_bmn']:.1f} BMN"
+        faster = f"{r['fused_speedup']:.1f}x faster" if r["impl"] not in ("aot-cpp", "floor") else ""
+        name = r["impl"]
+        if r["iterations"] is not None and r["tol"] > 0:  # show how early it stopped
+            name += f" ({r['iterations']:.0f} it)"
+        lines.append(f"{r['case']:<58} {r['threads']:>3} {name:<14} {r['ms']:>10.2f} "
+                     f"{r['x_floor']:>8.2f} {faster:>13} {diff:>14} {mem:>10}")
+    return "\n".join(lines)
+
+
+def plot(rows: List[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweeps = [("N", "sources", "N (sources per problem), B=8, M=126"),
+              ("B", "batch", "B (problems), M=126, N=70"),
+              ("iterations", "max_iter", "Sinkhorn iterations, B=32, M=126, N=70")]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, (key, field, label) in zip(axes, sweeps):
+        sel = [r for r in rows if r["sweep"] == key]
+        for impl in sorted({r["impl"] for r in sel}):
+            pts = sorted((r[field], r["ms"]) for r in sel if r["impl"] == impl)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("median ms")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    m = machine()
+    fig.suptitle(f"aot_kernels CPU, D=1152 fp32, eps=0.1 — {m['cpu']}, {m['cores']} threads, "
+                 f"commit {m['commit']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(quick: bool = False, json_path: Optional[str] = None, plot_path: Optional[str] = None,
+         threads: Optional[List[int]] = None) -> List[dict]:
+    default_threads = torch.get_num_threads()
+    threads = threads or sorted({1, default_threads})
+    impls = list(IMPLEMENTATIONS)
+    if not _pot_available():
+        print("POT not installed (pip install POT): its rows are skipped")
+        impls = [i for i in impls if i not in POT_IMPLS]
+    cases = PAPER_CASES[:1] + PAPER_CASES[2:] if quick else PAPER_CASES
+    rows: List[dict] = []
+    for case in cases:
+        for t in threads:
+            rows += run_case(case, t, impls)
+    if plot_path or not quick:
+        for case in sweep_cases(quick):
+            rows += run_case(case, default_threads, [i for i in SWEEP_IMPLS if i in impls])
+    torch.set_num_threads(default_threads)
+    m = machine()
+    print(f"machine: {m['cpu']}, {m['cores']} threads, torch {m['torch']}, commit {m['commit']}")
+    print(format_table(rows))
+    if json_path:
+        Path(json_path).write_text(json.dumps({"machine": m, "rows": rows}, indent=1))
+        print(f"wrote {json_path}")
+    if plot_path:
+        plot(rows, plot_path)
+        print(f"wrote {plot_path}")
+    return rows
