@@ -19,7 +19,7 @@ $(DEPS): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check $(TORCH_PIP_FLAGS) "$(TORCH_SPEC)"
 	$(PIP) install -q --disable-pip-version-check numpy setuptools wheel ninja cmake \
-		pytest hypothesis expecttest pytest-benchmark POT
+		pytest hypothesis expecttest pytest-benchmark POT matplotlib
 	touch $@
 
 $(BUILT): $(DEPS) $(CXX_SOURCES)
@@ -41,7 +41,7 @@ test-cpp: $(DEPS)
 	$(VENV)/bin/ctest --test-dir $(CMAKE_DIR) --output-on-failure
 
 bench: $(BUILT)
-	$(PY) -m pytest benchmarks -q --benchmark-only
+	$(PY) -m aot_kernels bench --json bench.json --plot bench.png
 
 clean:
 	rm -rf build $(VENV) aot_kernels/*.so *.egg-info

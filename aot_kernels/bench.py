@@ -209,6 +209,26 @@ def extra_memory_bmn(impl: str, case: Case) -> Optional[float]:
     return extra / (4 * w.batch * w.anchors * w.sources)
 
 
+def steady_allocator() -> bool:
+    """Keep freed memory in the process (glibc mallopt), as in a long-running server.
+
+    By default glibc maps blocks over 32 MiB fresh on every call and unmaps them on free, so a
+    58 MB output costs ~15k page faults per call: timings then depend on allocation history
+    more than on the kernels (we saw the same two GEMMs take 32 or 51 ms). Applied once, for
+    every row alike. Returns False where glibc is not available.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        m_trim_threshold, m_mmap_max = -1, -4
+        # No mmap'd blocks (the mmap threshold cannot exceed 32 MiB), and never trim the heap.
+        return bool(libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError, TypeError):
+        return False
+
+
 def commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -309,6 +329,7 @@ def plot(rows: List[dict], path: str) -> None:
 
 def main(quick: bool = False, json_path: Optional[str] = None, plot_path: Optional[str] = None,
          threads: Optional[List[int]] = None) -> List[dict]:
+    steady = steady_allocator()
     default_threads = torch.get_num_threads()
     threads = threads or sorted({1, default_threads})
     impls = list(IMPLEMENTATIONS)
@@ -325,7 +346,8 @@ def main(quick: bool = False, json_path: Optional[str] = None, plot_path: Option
             rows += run_case(case, default_threads, [i for i in SWEEP_IMPLS if i in impls])
     torch.set_num_threads(default_threads)
     m = machine()
-    print(f"machine: {m['cpu']}, {m['cores']} threads, torch {m['torch']}, commit {m['commit']}")
+    print(f"machine: {m['cpu']}, {m['cores']} threads, torch {m['torch']}, commit {m['commit']}; "
+          f"allocator: {'freed memory kept (mallopt)' if steady else 'glibc defaults'}")
     print(format_table(rows))
     if json_path:
         Path(json_path).write_text(json.dumps({"machine": m, "rows": rows}, indent=1))
