@@ -19,8 +19,10 @@ def library_sources():
 
 # -fopenmp: at::parallel_for is a header template that runs serially unless the extension itself
 # is built with OpenMP (it then shares torch's libgomp.so.1). -ffp-contract=fast lets the
-# inner loops use FMA (-std=c++17 turns contraction off).
-extra = ["-O3", "-fopenmp", "-ffp-contract=fast", "-std=c++17"]
+# inner loops use FMA (-std=c++17 turns contraction off). No FP traps or errno: lets the
+# vectoriser if-convert the branch-free exp of csrc/cpu/hot_loops.h (values are unchanged).
+extra = ["-O3", "-fopenmp", "-ffp-contract=fast", "-fno-trapping-math", "-fno-math-errno",
+         "-std=c++17"]
 if os.environ.get("AOT_DEBUG"):
     extra = ["-O0", "-g", "-fopenmp", "-std=c++17"]
 

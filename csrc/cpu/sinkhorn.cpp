@@ -1,7 +1,8 @@
 // Batched entropic OT (SPEC §2) and the fused cost + Sinkhorn + aggregation (SPEC §3, §5) on CPU.
 //
 // Schedule: stabilised scaling form. The plan is kept as T_ji = u_j K_ji v_i with
-// K_ji = exp((fbar_j + gbar_i - C_ji)/eps), so one iteration is two mat-vecs (no exp). The log
+// K_ji = exp((fbar_j + gbar_i - C_ji)/eps), so one iteration is one sweep over K doing both
+// mat-vecs (no exp), and the stopping error falls out of that sweep for free. The log
 // potentials are f = fbar + eps log u, g = gbar + eps log v, and the iterates are the log-domain
 // ones of SPEC §2 in exact arithmetic. Whenever a scaling would leave the safe range (a row or
 // column of K underflowing, as with eps = 0.01 where exp(-C/eps) < FLT_MIN), the half-step is done
@@ -12,12 +13,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <vector>
 
 #include "../aot_ops.h"
 #include "common.h"
+#include "hot_loops.h"
 
 namespace aot {
 
@@ -50,85 +53,11 @@ std::pair<at::Tensor, at::Tensor> marginals(const std::optional<at::Tensor>& anc
 
 namespace {
 
-template <typename T>
-struct Limits {
-  // Smallest mat-vec result we divide by: keeps a/kv finite with room to spare.
-  static constexpr T tiny = std::numeric_limits<T>::min() * T(1e6);
-  // Scalings beyond [1/big, big] are absorbed into the log potentials.
-  static constexpr T big = T(1e8);
-};
-
-// ---- hot loops: one pass over K per iteration, vectorised; cloned for AVX2+FMA at load time ----
-// K is stored [Mp, ld] with Mp a multiple of kRows and ld a multiple of 16, zero outside [M, N]:
-// the loops then have no remainders, and kRows rows share each load of v and each update of ktu.
-constexpr int64_t kRows = 4;
-
-// The fused sweep of one scaling iteration. For each row j: kv_j = K_j . v, the row-marginal
-// error term |u_j kv_j - a_j| of the current plan, u'_j = a_j / kv_j and ktu += u'_j K_j while the
-// rows are still in L1. Returns the error; *safe is false if some kv_j was too small to divide by
-// (then u' and ktu are incomplete and the caller takes a log-domain step instead).
-template <typename T>
-inline __attribute__((always_inline)) double sweep_impl(const T* K, const T* v, const T* u,
-                                                        const T* a, int64_t Mp, int64_t ld,
-                                                        T* u_new, T* ktu, bool* safe) {
-  double err = 0;
-  bool ok = true;
-  for (int64_t i = 0; i < ld; ++i) ktu[i] = 0;
-  for (int64_t jb = 0; jb < Mp; jb += kRows) {
-    const T *K0 = K + jb * ld, *K1 = K0 + ld, *K2 = K1 + ld, *K3 = K2 + ld;
-    T k0 = 0, k1 = 0, k2 = 0, k3 = 0;
-#pragma omp simd reduction(+ : k0, k1, k2, k3)
-    for (int64_t i = 0; i < ld; ++i) {
-      k0 += K0[i] * v[i];
-      k1 += K1[i] * v[i];
-      k2 += K2[i] * v[i];
-      k3 += K3[i] * v[i];
-    }
-    const T kv[kRows] = {k0, k1, k2, k3};
-    for (int64_t r = 0; r < kRows; ++r) {
-      const int64_t j = jb + r;
-      err += std::abs(static_cast<double>(u[j]) * kv[r] - a[j]);
-      if (a[j] > 0 && !(kv[r] >= Limits<T>::tiny)) ok = false;
-      u_new[j] = (a[j] > 0 && ok) ? a[j] / kv[r] : T(0);  // padded rows (a = 0) stay 0
-    }
-    if (!ok) continue;  // finish the error, skip the update
-    const T u0 = u_new[jb], u1 = u_new[jb + 1], u2 = u_new[jb + 2], u3 = u_new[jb + 3];
-#pragma omp simd
-    for (int64_t i = 0; i < ld; ++i) ktu[i] += u0 * K0[i] + u1 * K1[i] + u2 * K2[i] + u3 * K3[i];
-  }
-  *safe = ok;
-  return err;
-}
-
-// ktu = K^T u (after a log-domain f step).
-template <typename T>
-inline __attribute__((always_inline)) void column_pass_impl(const T* K, const T* u, int64_t Mp,
-                                                            int64_t ld, T* ktu) {
-  for (int64_t i = 0; i < ld; ++i) ktu[i] = 0;
-  for (int64_t jb = 0; jb < Mp; jb += kRows) {
-    const T *K0 = K + jb * ld, *K1 = K0 + ld, *K2 = K1 + ld, *K3 = K2 + ld;
-    const T u0 = u[jb], u1 = u[jb + 1], u2 = u[jb + 2], u3 = u[jb + 3];
-#pragma omp simd
-    for (int64_t i = 0; i < ld; ++i) ktu[i] += u0 * K0[i] + u1 * K1[i] + u2 * K2[i] + u3 * K3[i];
-  }
-}
-
-#define AOT_CLONES __attribute__((target_clones("arch=haswell", "default")))
-AOT_CLONES double sweep(const float* K, const float* v, const float* u, const float* a,
-                        int64_t Mp, int64_t ld, float* un, float* ktu, bool* safe) {
-  return sweep_impl(K, v, u, a, Mp, ld, un, ktu, safe);
-}
-AOT_CLONES double sweep(const double* K, const double* v, const double* u, const double* a,
-                        int64_t Mp, int64_t ld, double* un, double* ktu, bool* safe) {
-  return sweep_impl(K, v, u, a, Mp, ld, un, ktu, safe);
-}
-AOT_CLONES void column_pass(const float* K, const float* u, int64_t Mp, int64_t ld, float* ktu) {
-  column_pass_impl(K, u, Mp, ld, ktu);
-}
-AOT_CLONES void column_pass(const double* K, const double* u, int64_t Mp, int64_t ld, double* ktu) {
-  column_pass_impl(K, u, Mp, ld, ktu);
-}
-#undef AOT_CLONES
+// ---- hot loops: csrc/cpu/hot_loops.h, dispatched to an AVX2+FMA build where the CPU has it ----
+using hot::column_pass;
+using hot::exp_cols;
+using hot::exp_row;
+using hot::sweep;
 
 template <typename T>
 struct SolveOut {
@@ -145,7 +74,8 @@ class Solver {
   Solver(const T* C, const T* a, const T* s, int64_t M, int64_t N, T eps, std::vector<T>& K)
       : C_(C), s_(s), M_(M), N_(N), Mp_((M + kRows - 1) / kRows * kRows), ld_((N + 15) / 16 * 16),
         eps_(eps), inv_eps_(T(1) / eps), K_(K), a_(Mp_, T(0)), fbar_(M), gbar_(N), u_(Mp_, T(0)),
-        u_new_(Mp_, T(0)), v_(ld_, T(0)), ktu_(ld_, T(0)), colmax_(N), colsum_(N), row_ok_(M),
+        u_new_(Mp_, T(0)), v_(ld_, T(0)), ktu_(ld_, T(0)), colmax_(N), colsum_(N), zero_(N, T(0)),
+        row_ok_(M),
         col_ok_(N) {
     K_.assign(static_cast<size_t>(Mp_ * ld_), T(0));
     for (int64_t j = 0; j < M; ++j) {
@@ -209,12 +139,10 @@ class Solver {
     if (out_of_range(u_, row_ok_) || out_of_range(v_, col_ok_)) {
       absorb_u();
       absorb_v();
-      for (int64_t j = 0; j < M_; ++j) {
-        T* Kj = row(j);
-        const T* Cj = C_ + j * N_;
-        for (int64_t i = 0; i < N_; ++i)
-          Kj[i] = (row_ok_[j] && col_ok_[i]) ? std::exp((fbar_[j] + gbar_[i] - Cj[i]) * inv_eps_) : T(0);
-      }
+      // K = exp((fbar + gbar - C)/eps); padding is -inf in fbar/gbar, so exactly 0.
+      for (int64_t j = 0; j < M_; ++j)
+        exp_cols(row(j), fbar_[j], gbar_.data(), C_ + j * N_, inv_eps_, zero_.data(),
+                 colsum_.data(), N_);
     }
   }
 
@@ -262,14 +190,9 @@ class Solver {
         std::fill(Kj, Kj + N_, T(0));
         continue;
       }
-      T mx = -inf();
-      for (int64_t i = 0; i < N_; ++i)
-        if (col_ok_[i]) mx = std::max(mx, (gbar_[i] - Cj[i]) * inv_eps_);
-      T sum = 0;
-      for (int64_t i = 0; i < N_; ++i) {
-        Kj[i] = col_ok_[i] ? std::exp((gbar_[i] - Cj[i]) * inv_eps_ - mx) : T(0);
-        sum += Kj[i];
-      }
+      T mx = -inf();  // padded columns have gbar = -inf and drop out of max and sum
+      for (int64_t i = 0; i < N_; ++i) mx = std::max(mx, (gbar_[i] - Cj[i]) * inv_eps_);
+      const T sum = exp_row(Kj, gbar_.data(), Cj, inv_eps_, mx, N_);
       fbar_[j] = eps_ * (std::log(a_[j]) - mx - std::log(sum));
       const T scale = a_[j] / sum;
       for (int64_t i = 0; i < N_; ++i) Kj[i] *= scale;
@@ -287,23 +210,21 @@ class Solver {
       const T* Cj = C_ + j * N_;
       for (int64_t i = 0; i < N_; ++i) colmax_[i] = std::max(colmax_[i], (fbar_[j] - Cj[i]) * inv_eps_);
     }
-    for (int64_t j = 0; j < M_; ++j) {
-      T* Kj = row(j);
-      const T* Cj = C_ + j * N_;
-      for (int64_t i = 0; i < N_; ++i) {
-        Kj[i] = (row_ok_[j] && col_ok_[i]) ? std::exp((fbar_[j] - Cj[i]) * inv_eps_ - colmax_[i]) : T(0);
-        colsum_[i] += Kj[i];
-      }
-    }
+    // Padded rows have fbar = -inf: their entries are exactly 0.
+    for (int64_t j = 0; j < M_; ++j)
+      exp_cols(row(j), fbar_[j], zero_.data(), C_ + j * N_, inv_eps_, colmax_.data(),
+               colsum_.data(), N_);
     for (int64_t i = 0; i < N_; ++i) {
       if (!col_ok_[i]) continue;
       gbar_[i] = eps_ * (std::log(s_[i]) - colmax_[i] - std::log(colsum_[i]));
       colsum_[i] = s_[i] / colsum_[i];  // now the column scale
       v_[i] = 1;
     }
+    for (int64_t i = 0; i < N_; ++i)
+      if (!col_ok_[i]) colsum_[i] = 0;  // padded columns of K stay 0
     for (int64_t j = 0; j < M_; ++j) {
       T* Kj = row(j);
-      for (int64_t i = 0; i < N_; ++i) Kj[i] *= col_ok_[i] ? colsum_[i] : T(0);
+      for (int64_t i = 0; i < N_; ++i) Kj[i] *= colsum_[i];
     }
   }
 
@@ -312,7 +233,7 @@ class Solver {
   int64_t M_, N_, Mp_, ld_;
   T eps_, inv_eps_;
   std::vector<T>& K_;
-  std::vector<T> a_, fbar_, gbar_, u_, u_new_, v_, ktu_, colmax_, colsum_;
+  std::vector<T> a_, fbar_, gbar_, u_, u_new_, v_, ktu_, colmax_, colsum_, zero_;
   std::vector<char> row_ok_, col_ok_;
 };
 
