@@ -47,6 +47,14 @@ namespace hot {
                 T* colsum, int64_t n) {                                                          \
     if (use_avx2()) return avx2::exp_cols(out, add, add_vec, C, inv_eps, shift_vec, colsum, n);  \
     baseline::exp_cols(out, add, add_vec, C, inv_eps, shift_vec, colsum, n);                     \
+  }                                                                                              \
+  int update_v(T* v, const T* s, const T* ktu, int64_t n) {                                      \
+    if (use_avx2()) return avx2::update_v(v, s, ktu, n);                                         \
+    return baseline::update_v(v, s, ktu, n);                                                     \
+  }                                                                                              \
+  bool in_range(const T* w, const T* weight, int64_t n) {                                        \
+    if (use_avx2()) return avx2::in_range(w, weight, n);                                         \
+    return baseline::in_range(w, weight, n);                                                     \
   }
 AOT_HOT_LOOP_DISPATCH(float)
 AOT_HOT_LOOP_DISPATCH(double)

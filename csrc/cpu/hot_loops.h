@@ -132,12 +132,19 @@ inline __attribute__((always_inline)) double sweep_impl(const T* K, const T* v, 
       k7 += R[7 * ld + i] * vi;
     }
     const T kv[kRows] = {k0, k1, k2, k3, k4, k5, k6, k7};
+    const T *aj = a + jb, *uj = u + jb;
+    T* un = u_new + jb;
+    T e = 0;
+    int bad = 0;
+#pragma omp simd reduction(+ : e) reduction(| : bad)
     for (int64_t r = 0; r < kRows; ++r) {
-      const int64_t j = jb + r;
-      err += std::abs(static_cast<double>(u[j]) * kv[r] - a[j]);
-      if (a[j] > 0 && !(kv[r] >= Limits<T>::tiny)) ok = false;
-      u_new[j] = (a[j] > 0 && ok) ? a[j] / kv[r] : T(0);  // padded rows (a = 0) stay 0
+      const T d = uj[r] * kv[r] - aj[r];
+      e += d < 0 ? -d : d;
+      bad |= (aj[r] > 0) & !(kv[r] >= Limits<T>::tiny);
+      un[r] = aj[r] > 0 ? aj[r] / kv[r] : T(0);  // padded rows (a = 0) stay 0
     }
+    err += e;
+    ok = ok && !bad;
     if (!ok) continue;  // finish the error, skip the update
     const T* w = u_new + jb;
 #pragma omp simd
@@ -148,6 +155,33 @@ inline __attribute__((always_inline)) double sweep_impl(const T* K, const T* v, 
   }
   *safe = ok;
   return err;
+}
+
+// v = s / ktu on live columns (s > 0), 0 on padding. Returns 0 if fine, 1 if some ktu was too
+// small to divide by (v is then not to be used), 2 if some v left [1/big, big].
+template <typename T>
+inline __attribute__((always_inline)) int update_v_impl(T* v, const T* s, const T* ktu,
+                                                        int64_t n) {
+  int bad = 0, wide = 0;
+#pragma omp simd reduction(| : bad, wide)
+  for (int64_t i = 0; i < n; ++i) {
+    const bool live = s[i] > 0;
+    const T vi = live ? s[i] / ktu[i] : T(0);
+    bad |= live & !(ktu[i] >= Limits<T>::tiny);
+    wide |= live & !(vi <= Limits<T>::big && vi >= T(1) / Limits<T>::big);
+    v[i] = vi;
+  }
+  return bad ? 1 : (wide ? 2 : 0);
+}
+
+// Whether every live scaling (weight > 0) lies in [1/big, big].
+template <typename T>
+inline __attribute__((always_inline)) bool in_range_impl(const T* w, const T* weight, int64_t n) {
+  int wide = 0;
+#pragma omp simd reduction(| : wide)
+  for (int64_t i = 0; i < n; ++i)
+    wide |= (weight[i] > 0) & !(w[i] <= Limits<T>::big && w[i] >= T(1) / Limits<T>::big);
+  return !wide;
 }
 
 // ktu = K^T u (after a log-domain f step).
@@ -175,7 +209,9 @@ inline __attribute__((always_inline)) void column_pass_impl(const T* K, const T*
   void column_pass(const T* K, const T* u, int64_t Mp, int64_t ld, T* ktu);                      \
   T exp_row(T* out, const T* add, const T* C, T inv_eps, T shift, int64_t n);                    \
   void exp_cols(T* out, T add, const T* add_vec, const T* C, T inv_eps, const T* shift_vec,      \
-                T* colsum, int64_t n);
+                T* colsum, int64_t n);                                                           \
+  int update_v(T* v, const T* s, const T* ktu, int64_t n);                                       \
+  bool in_range(const T* w, const T* weight, int64_t n);
 #define AOT_HOT_LOOP_DEFS(T)                                                                     \
   double sweep(const T* K, const T* v, const T* u, const T* a, int64_t Mp, int64_t ld, T* un,     \
                T* ktu, bool* safe) {                                                             \
@@ -190,7 +226,9 @@ inline __attribute__((always_inline)) void column_pass_impl(const T* K, const T*
   void exp_cols(T* out, T add, const T* add_vec, const T* C, T inv_eps, const T* shift_vec,      \
                 T* colsum, int64_t n) {                                                          \
     exp_cols_impl(out, add, add_vec, C, inv_eps, shift_vec, colsum, n);                          \
-  }
+  }                                                                                              \
+  int update_v(T* v, const T* s, const T* ktu, int64_t n) { return update_v_impl(v, s, ktu, n); } \
+  bool in_range(const T* w, const T* weight, int64_t n) { return in_range_impl(w, weight, n); }
 
 namespace baseline {
 AOT_HOT_LOOP_DECLS(float)

@@ -57,7 +57,9 @@ namespace {
 using hot::column_pass;
 using hot::exp_cols;
 using hot::exp_row;
+using hot::in_range;
 using hot::sweep;
+using hot::update_v;
 
 template <typename T>
 struct SolveOut {
@@ -129,14 +131,9 @@ class Solver {
 
   // v = s / (K^T u), in the log domain where K^T u is unsafe; absorb scalings out of range.
   void g_half_step() {
-    bool safe = true;
-    for (int64_t i = 0; i < N_ && safe; ++i) safe = !col_ok_[i] || ktu_[i] >= Limits<T>::tiny;
-    if (safe) {
-      for (int64_t i = 0; i < N_; ++i) v_[i] = col_ok_[i] ? s_[i] / ktu_[i] : T(0);
-    } else {
-      log_g_step();
-    }
-    if (out_of_range(u_, row_ok_) || out_of_range(v_, col_ok_)) {
+    const int status = update_v(v_.data(), s_, ktu_.data(), N_);
+    if (status == 1) log_g_step();
+    if (status == 2 || !in_range(u_.data(), a_.data(), M_)) {
       absorb_u();
       absorb_v();
       // K = exp((fbar + gbar - C)/eps); padding is -inf in fbar/gbar, so exactly 0.
@@ -155,12 +152,6 @@ class Solver {
       err += std::abs(u_[j] * kv - a_[j]);
     }
     return err;
-  }
-
-  static bool out_of_range(const std::vector<T>& w, const std::vector<char>& ok) {
-    for (size_t k = 0; k < ok.size(); ++k)
-      if (ok[k] && !(w[k] <= Limits<T>::big && w[k] >= T(1) / Limits<T>::big)) return true;
-    return false;
   }
 
   // Fold the scalings into the log potentials: fbar += eps log u, gbar += eps log v.
