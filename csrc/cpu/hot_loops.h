@@ -105,6 +105,23 @@ inline __attribute__((always_inline)) void exp_cols_impl(T* out, T add, const T*
   }
 }
 
+// ktu += sum_r w[r] K_(jb+r) over one block of kRows rows R (row stride ld).
+template <typename T>
+inline __attribute__((always_inline)) void add_weighted_rows(T* ktu, const T* R, const T* w,
+                                                             int64_t ld) {
+#pragma omp simd
+  for (int64_t i = 0; i < ld; ++i)
+    ktu[i] += w[0] * R[i] + w[1] * R[ld + i] + w[2] * R[2 * ld + i] + w[3] * R[3 * ld + i] +
+              w[4] * R[4 * ld + i] + w[5] * R[5 * ld + i] + w[6] * R[6 * ld + i] +
+              w[7] * R[7 * ld + i];
+}
+
+// A scaling outside [1/big, big] (or NaN) is to be absorbed into the log potentials.
+template <typename T>
+inline __attribute__((always_inline)) bool outside_safe_range(T w) {
+  return !(w <= Limits<T>::big && w >= T(1) / Limits<T>::big);
+}
+
 // The fused sweep of one scaling iteration. For each row j: kv_j = K_j . v, the row-marginal
 // error term |u_j kv_j - a_j| of the current plan, u'_j = a_j / kv_j and ktu += u'_j K_j while the
 // rows are still in L1. Returns the error; *safe is false if some kv_j was too small to divide by
@@ -147,11 +164,7 @@ inline __attribute__((always_inline)) double sweep_impl(const T* K, const T* v, 
     ok = ok && !bad;
     if (!ok) continue;  // finish the error, skip the update
     const T* w = u_new + jb;
-#pragma omp simd
-    for (int64_t i = 0; i < ld; ++i)
-      ktu[i] += w[0] * R[i] + w[1] * R[ld + i] + w[2] * R[2 * ld + i] + w[3] * R[3 * ld + i] +
-                w[4] * R[4 * ld + i] + w[5] * R[5 * ld + i] + w[6] * R[6 * ld + i] +
-                w[7] * R[7 * ld + i];
+    add_weighted_rows(ktu, R, w, ld);
   }
   *safe = ok;
   return err;
@@ -168,7 +181,7 @@ inline __attribute__((always_inline)) int update_v_impl(T* v, const T* s, const 
     const bool live = s[i] > 0;
     const T vi = live ? s[i] / ktu[i] : T(0);
     bad |= live & !(ktu[i] >= Limits<T>::tiny);
-    wide |= live & !(vi <= Limits<T>::big && vi >= T(1) / Limits<T>::big);
+    wide |= live & outside_safe_range(vi);
     v[i] = vi;
   }
   return bad ? 1 : (wide ? 2 : 0);
@@ -180,7 +193,7 @@ inline __attribute__((always_inline)) bool in_range_impl(const T* w, const T* we
   int wide = 0;
 #pragma omp simd reduction(| : wide)
   for (int64_t i = 0; i < n; ++i)
-    wide |= (weight[i] > 0) & !(w[i] <= Limits<T>::big && w[i] >= T(1) / Limits<T>::big);
+    wide |= (weight[i] > 0) & outside_safe_range(w[i]);
   return !wide;
 }
 
@@ -192,11 +205,7 @@ inline __attribute__((always_inline)) void column_pass_impl(const T* K, const T*
   for (int64_t jb = 0; jb < Mp; jb += kRows) {
     const T* R = K + jb * ld;
     const T* w = u + jb;
-#pragma omp simd
-    for (int64_t i = 0; i < ld; ++i)
-      ktu[i] += w[0] * R[i] + w[1] * R[ld + i] + w[2] * R[2 * ld + i] + w[3] * R[3 * ld + i] +
-                w[4] * R[4 * ld + i] + w[5] * R[5 * ld + i] + w[6] * R[6 * ld + i] +
-                w[7] * R[7 * ld + i];
+    add_weighted_rows(ktu, R, w, ld);
   }
 }
 
