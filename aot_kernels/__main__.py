@@ -67,6 +67,38 @@ def bench(args) -> int:
     return 0
 
 
+def flops_command(args) -> int:
+    import json
+
+    from .flops import LLM, cost
+
+    custom = [args.layers, args.hidden, args.ffn]
+    llm = None
+    if any(v is not None for v in custom):
+        if any(v is None for v in custom):
+            print("give all of --layers, --hidden and --ffn", file=sys.stderr)
+            return 2
+        llm = LLM(args.layers, args.hidden, args.ffn)
+    try:
+        report = cost(args.model, retention=args.retention, frames=args.frames,
+                      tokens_per_frame=args.tokens_per_frame, generated=args.generated, llm=llm)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.as_dict()))
+        return 0
+    r = report
+    print(f"{r.model}: {r.frames} frames x {r.tokens_per_frame} tokens, retention {r.retention:g}")
+    print(f"  visual tokens  {r.vision_tokens_full:>10,d} -> {r.vision_tokens:,d}")
+    print(f"  prefill FLOPs  {r.prefill_flops_full:>10.3e} -> {r.prefill_flops:.3e} "
+          f"({100 * r.ratio:.1f}% of full)")
+    if r.generated:
+        print(f"  decode FLOPs   {r.decode_flops_full:>10.3e} -> {r.decode_flops:.3e} "
+              f"for {r.generated} generated tokens")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m aot_kernels",
                                      description="AOT visual-token reduction kernels")
@@ -82,6 +114,19 @@ def main(argv=None) -> int:
     p_bench.add_argument("--threads", type=int, nargs="+", metavar="T",
                          help="thread counts for the paper cases (default: 1 and all)")
     p_bench.set_defaults(func=bench)
+    p_flops = sub.add_parser("flops", help="visual-token prefill/decode FLOPs of the LLM "
+                             "before and after reduction (SPEC §7)")
+    p_flops.add_argument("--model", default="llava-onevision-7b",
+                         help="llava-onevision-7b | llava-video-7b | qwen2.5-vl-7b | custom")
+    p_flops.add_argument("--frames", type=int, help="frames (default: the preset's)")
+    p_flops.add_argument("--tokens-per-frame", type=int, help="visual tokens per frame")
+    p_flops.add_argument("--retention", type=float, required=True, help="kept fraction, (0, 1]")
+    p_flops.add_argument("--generated", type=int, default=0, help="decoded tokens R")
+    p_flops.add_argument("--layers", type=int, help="custom LLM: layers T")
+    p_flops.add_argument("--hidden", type=int, help="custom LLM: hidden size d")
+    p_flops.add_argument("--ffn", type=int, help="custom LLM: FFN width m")
+    p_flops.add_argument("--json", action="store_true", help="print one JSON object")
+    p_flops.set_defaults(func=flops_command)
     args = parser.parse_args(argv)
     if getattr(args, "repeat", 1) < 1:
         parser.error("--repeat must be >= 1")

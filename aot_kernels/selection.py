@@ -1,0 +1,125 @@
+"""Anchor selection (SPEC §4): half local (top score inside each grid window), half global."""
+from __future__ import annotations
+
+import numbers
+from typing import List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+
+from . import validate
+
+
+class Anchors(NamedTuple):
+    """anchors [F,M] and sources [F,N-M]: token indices (raster order of the h x w grid), each
+    row ascending. int64."""
+    anchors: torch.Tensor
+    sources: torch.Tensor
+
+
+def _split(length: int, parts: int) -> List[int]:
+    # [decided] np.array_split convention: the first length % parts parts are one longer.
+    return [length // parts + (1 if k < length % parts else 0) for k in range(parts)]
+
+
+def window_members(grid: Tuple[int, int], windows: Tuple[int, int]) -> List[List[int]]:
+    """Token indices of each window; windows and their tokens in raster order."""
+    h, w = grid
+    members, r0 = [], 0
+    for rows in _split(h, windows[0]):
+        c0 = 0
+        for cols in _split(w, windows[1]):
+            members.append([r * w + c for r in range(r0, r0 + rows) for c in range(c0, c0 + cols)])
+            c0 += cols
+        r0 += rows
+    return members
+
+
+def window_quotas(sizes: Sequence[int], k_local: int) -> List[int]:
+    """Local anchors per window: k_local spread as evenly as possible, the remainder to the
+    first windows; a window smaller than its share passes the rest on (cycling in raster order).
+    Depends only on the grid, so it is computed once for all frames."""
+    n = len(sizes)
+    share = [k_local // n + (1 if k < k_local % n else 0) for k in range(n)]
+    taken = [0] * n
+    carry = 0
+    for k in range(n):
+        want = share[k] + carry
+        taken[k] = min(want, sizes[k])
+        carry = want - taken[k]
+    k = 0
+    while carry:  # k_local <= N, so the cycle ends
+        extra = min(carry, sizes[k] - taken[k])
+        taken[k] += extra
+        carry -= extra
+        k = (k + 1) % n
+    return taken
+
+
+def _top_mask(key: torch.Tensor, count: int) -> torch.Tensor:
+    """Mask [F,L] of the `count` largest keys per row, ties to the lower index (stable sort)."""
+    mask = torch.zeros(key.shape, dtype=torch.bool, device=key.device)
+    if count:
+        order = torch.sort(-key, dim=1, stable=True).indices[:, :count]
+        mask.scatter_(1, order, True)
+    return mask
+
+
+def _check_pair(name: str, value, low: int = 1) -> Tuple[int, int]:
+    if (not isinstance(value, (tuple, list)) or len(value) != 2
+            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)):
+        raise TypeError(f"{name} must be a pair of ints (rows, cols), got {value!r}")
+    if min(value) < low:
+        raise ValueError(f"{name} must be >= {low} in both dimensions, got {tuple(value)}")
+    return int(value[0]), int(value[1])
+
+
+def select_anchors(scores: torch.Tensor, local_scores: Optional[torch.Tensor] = None, *,
+                   grid: Tuple[int, int], windows: Tuple[int, int] = (2, 2),
+                   num_anchors: int) -> Anchors:
+    """Pick M anchors per frame (SPEC §4).
+
+    scores [F,N]: global importance (e.g. mean attention each token receives, last layer);
+    local_scores [F,N]: the same from a shallow layer (default: scores). grid (h, w) with
+    h*w = N, raster order; windows (wh, ww): non-overlapping windows (split like
+    np.array_split). K_l = floor(M/2) local anchors are spread over the windows (top local
+    score inside each), then M - K_l global anchors are the top scores among the rest. Ties go
+    to the lower token index. Batched over frames.
+    """
+    validate.features(scores, "scores", rank=2, what="[F, N]")
+    h, w = _check_pair("grid", grid)
+    wh, ww = _check_pair("windows", windows)
+    frames, n = scores.shape
+    if h * w != n:
+        raise ValueError(f"grid {h}x{w} has {h * w} tokens but scores have N={n}")
+    if wh > h or ww > w:
+        raise ValueError(f"windows {wh}x{ww} do not fit the {h}x{w} grid")
+    if isinstance(num_anchors, bool) or not isinstance(num_anchors, numbers.Integral):
+        raise TypeError(f"num_anchors must be an int, got {type(num_anchors).__name__}")
+    if not 1 <= num_anchors <= n:
+        raise ValueError(f"num_anchors must be in [1, N={n}], got {num_anchors}")
+    validate.finite(scores, "scores")
+    if local_scores is None:
+        local_scores = scores
+    else:
+        validate.features(local_scores, "local_scores", rank=2, what="[F, N]")
+        if local_scores.shape != scores.shape:
+            raise ValueError(f"local_scores must have the shape of scores {tuple(scores.shape)}, "
+                             f"got {tuple(local_scores.shape)}")
+        if local_scores.device != scores.device:
+            raise ValueError("scores and local_scores are on different devices")
+        validate.finite(local_scores, "local_scores")
+
+    k_local = num_anchors // 2
+    members = window_members((h, w), (wh, ww))
+    quotas = window_quotas([len(m) for m in members], k_local)
+    chosen = torch.zeros(frames, n, dtype=torch.bool, device=scores.device)
+    for idx, quota in zip(members, quotas):  # a few windows; every frame at once
+        if quota:
+            index = torch.tensor(idx, device=scores.device)
+            picked = _top_mask(local_scores[:, index], quota)
+            chosen[:, index] = picked
+    rest = torch.where(chosen, float("-inf"), scores.to(torch.float64))
+    chosen |= _top_mask(rest, num_anchors - k_local)
+    # Anchors first, each group in ascending index order (stable sort of the mask).
+    order = torch.sort((~chosen).to(torch.int8), dim=1, stable=True).indices
+    return Anchors(order[:, :num_anchors], order[:, num_anchors:])
