@@ -9,7 +9,7 @@ Ops (torch.ops.aot.*, schemas in csrc/schemas.cpp) and their Python API:
 Backends: "cpp" (compiled CPU kernels), "torch" (plain PyTorch), "auto" (cpp on CPU when built).
 The contract is SPEC.md; reference/ holds the float64 NumPy reference that judges every backend.
 """
-from . import flops
+from . import clips, flops
 from .api import AggregateResult, SinkhornResult, cosine_cost, sinkhorn, sinkhorn_aggregate
 from .ops import EXTENSION_ERROR, HAS_EXTENSION
 from .selection import Anchors, select_anchors
@@ -18,6 +18,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AggregateResult", "SinkhornResult", "cosine_cost", "sinkhorn", "sinkhorn_aggregate",
-    "Anchors", "select_anchors", "flops",
+    "Anchors", "select_anchors", "clips", "flops",
     "HAS_EXTENSION", "EXTENSION_ERROR", "__version__",
 ]

@@ -82,3 +82,21 @@ def decode_flops(tokens_per_layer, hidden, ffn, generated):
         total += generated * ((4 * hidden**2 + 2 * hidden * ffn)
                               + 2 * (hidden * n + hidden * (generated + 1) / 2))
     return total
+
+
+def uniform_clips(frames: int, clip_len: int):
+    """[(start, end)) ranges of clip_len frames; the last one may be shorter."""
+    return [(s, min(s + clip_len, frames)) for s in range(0, frames, clip_len)]
+
+
+def dynamic_clips(frame_features, num_clips: int, threshold: float):
+    """FastVID's DySeg: cut after the num_clips-1 smallest similarities s_t = <g_t, g_t+1> of the
+    L2-normalised frame features and after every t with s_t < threshold (union)."""
+    g = np.asarray(frame_features, dtype=np.float64)
+    frames = g.shape[0]
+    unit = [row / max(np.linalg.norm(row), 1e-12) for row in g]
+    sims = [float(np.dot(unit[t], unit[t + 1])) for t in range(frames - 1)]
+    smallest = sorted(range(frames - 1), key=lambda t: (sims[t], t))[:max(num_clips - 1, 0)]
+    cuts = sorted(set(smallest) | {t for t in range(frames - 1) if sims[t] < threshold})
+    bounds = [0] + [t + 1 for t in cuts] + [frames]
+    return [(bounds[k], bounds[k + 1]) for k in range(len(bounds) - 1)]

@@ -1,0 +1,59 @@
+"""Splitting a video's frames into clips (the inter-frame stage works clip by clip, SPEC §5)."""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import List, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from . import validate
+
+Clip = Tuple[int, int]  # frames [start, end)
+
+# FastVID's DySeg defaults (Shen et al., 2025): 8 clips at least, and a cut wherever consecutive
+# frames' global features have cosine similarity below 0.9.
+DYNAMIC_NUM_CLIPS = 8
+DYNAMIC_THRESHOLD = 0.9
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def uniform_clips(frames: int, clip_len: int) -> List[Clip]:
+    """Consecutive clips of clip_len frames; the last one may be shorter."""
+    frames, clip_len = _positive_int("frames", frames), _positive_int("clip_len", clip_len)
+    return [(s, min(s + clip_len, frames)) for s in range(0, frames, clip_len)]
+
+
+def dynamic_clips(frame_features: torch.Tensor, num_clips: int = DYNAMIC_NUM_CLIPS,
+                  threshold: float = DYNAMIC_THRESHOLD) -> List[Clip]:
+    """FastVID's dynamic segmentation (DySeg).
+
+    frame_features [F,D]: one global feature per frame (e.g. the mean of its tokens), L2
+    normalised here. With s_t = <g_t, g_t+1>, cuts go after the num_clips-1 smallest s_t (ties
+    to the earlier frame) and after every t with s_t < threshold; a video with fewer than
+    num_clips frames is cut after every frame. Returns [start, end) frame ranges in order.
+    """
+    validate.features(frame_features, "frame_features", rank=2, what="[F, D]")
+    num_clips = _positive_int("num_clips", num_clips)
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+    frames = frame_features.shape[0]
+    if frames == 0:
+        raise ValueError("frame_features has no frames")
+    validate.finite(frame_features, "frame_features")
+    unit = F.normalize(frame_features.to(torch.float64), dim=1, eps=1e-12)
+    sims = (unit[:-1] * unit[1:]).sum(1)  # [F-1]
+    smallest = torch.sort(sims, stable=True).indices[:num_clips - 1]
+    cut = torch.zeros(frames - 1, dtype=torch.bool, device=sims.device)
+    cut[smallest] = True
+    cut |= sims < threshold
+    bounds = [0] + (torch.nonzero(cut).flatten() + 1).tolist() + [frames]
+    return list(zip(bounds[:-1], bounds[1:]))
