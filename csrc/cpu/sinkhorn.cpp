@@ -76,20 +76,16 @@ class Solver {
   Solver(const T* C, const T* a, const T* s, int64_t M, int64_t N, T eps, std::vector<T>& K)
       : C_(C), s_(s), M_(M), N_(N), Mp_((M + kRows - 1) / kRows * kRows), ld_((N + 15) / 16 * 16),
         eps_(eps), inv_eps_(T(1) / eps), K_(K), a_(Mp_, T(0)), fbar_(M), gbar_(N), u_(Mp_, T(0)),
-        u_new_(Mp_, T(0)), v_(ld_, T(0)), ktu_(ld_, T(0)), colmax_(N), colsum_(N), zero_(N, T(0)),
-        row_ok_(M),
-        col_ok_(N) {
+        u_new_(Mp_, T(0)), v_(ld_, T(0)), ktu_(ld_, T(0)), colmax_(N), colsum_(N), zero_(N, T(0)) {
     K_.assign(static_cast<size_t>(Mp_ * ld_), T(0));
     for (int64_t j = 0; j < M; ++j) {
       a_[j] = a[j];
-      row_ok_[j] = a[j] > 0;
       fbar_[j] = -inf();
     }
     // g starts at 0 on real sources; padding is -inf everywhere so it never contributes.
     for (int64_t i = 0; i < N; ++i) {
-      col_ok_[i] = s[i] > 0;
-      gbar_[i] = col_ok_[i] ? T(0) : -inf();
-      v_[i] = col_ok_[i] ? T(1) : T(0);
+      gbar_[i] = live_col(i) ? T(0) : -inf();
+      v_[i] = live_col(i) ? T(1) : T(0);
     }
   }
 
@@ -116,8 +112,8 @@ class Solver {
   }
 
   void potentials(T* f, T* g) const {
-    for (int64_t j = 0; j < M_; ++j) f[j] = row_ok_[j] ? fbar_[j] + eps_ * std::log(u_[j]) : -inf();
-    for (int64_t i = 0; i < N_; ++i) g[i] = col_ok_[i] ? gbar_[i] + eps_ * std::log(v_[i]) : -inf();
+    for (int64_t j = 0; j < M_; ++j) f[j] = live_row(j) ? fbar_[j] + eps_ * std::log(u_[j]) : -inf();
+    for (int64_t i = 0; i < N_; ++i) g[i] = live_col(i) ? gbar_[i] + eps_ * std::log(v_[i]) : -inf();
   }
 
   void plan(T* out) const {
@@ -128,6 +124,9 @@ class Solver {
  private:
   static constexpr T inf() { return std::numeric_limits<T>::infinity(); }
   T* row(int64_t j) { return K_.data() + j * ld_; }
+  // Zero weight marks padding (SPEC §2).
+  bool live_row(int64_t j) const { return a_[j] > 0; }
+  bool live_col(int64_t i) const { return s_[i] > 0; }
 
   // v = s / (K^T u), in the log domain where K^T u is unsafe; absorb scalings out of range.
   void g_half_step() {
@@ -157,14 +156,14 @@ class Solver {
   // Fold the scalings into the log potentials: fbar += eps log u, gbar += eps log v.
   void absorb_u() {
     for (int64_t j = 0; j < M_; ++j)
-      if (row_ok_[j]) {
+      if (live_row(j)) {
         fbar_[j] += eps_ * std::log(u_[j]);
         u_[j] = 1;
       }
   }
   void absorb_v() {
     for (int64_t i = 0; i < N_; ++i)
-      if (col_ok_[i]) {
+      if (live_col(i)) {
         gbar_[i] += eps_ * std::log(v_[i]);
         v_[i] = 1;
       }
@@ -177,7 +176,7 @@ class Solver {
     for (int64_t j = 0; j < M_; ++j) {
       T* Kj = row(j);
       const T* Cj = C_ + j * N_;
-      if (!row_ok_[j]) {
+      if (!live_row(j)) {
         std::fill(Kj, Kj + N_, T(0));
         continue;
       }
@@ -197,7 +196,7 @@ class Solver {
     std::fill(colmax_.begin(), colmax_.end(), -inf());
     std::fill(colsum_.begin(), colsum_.end(), T(0));
     for (int64_t j = 0; j < M_; ++j) {
-      if (!row_ok_[j]) continue;
+      if (!live_row(j)) continue;
       const T* Cj = C_ + j * N_;
       for (int64_t i = 0; i < N_; ++i) colmax_[i] = std::max(colmax_[i], (fbar_[j] - Cj[i]) * inv_eps_);
     }
@@ -206,13 +205,13 @@ class Solver {
       exp_cols(row(j), fbar_[j], zero_.data(), C_ + j * N_, inv_eps_, colmax_.data(),
                colsum_.data(), N_);
     for (int64_t i = 0; i < N_; ++i) {
-      if (!col_ok_[i]) continue;
+      if (!live_col(i)) continue;
       gbar_[i] = eps_ * (std::log(s_[i]) - colmax_[i] - std::log(colsum_[i]));
       colsum_[i] = s_[i] / colsum_[i];  // now the column scale
       v_[i] = 1;
     }
     for (int64_t i = 0; i < N_; ++i)
-      if (!col_ok_[i]) colsum_[i] = 0;  // padded columns of K stay 0
+      if (!live_col(i)) colsum_[i] = 0;  // padded columns of K stay 0
     for (int64_t j = 0; j < M_; ++j) {
       T* Kj = row(j);
       for (int64_t i = 0; i < N_; ++i) Kj[i] *= colsum_[i];
@@ -225,7 +224,6 @@ class Solver {
   T eps_, inv_eps_;
   std::vector<T>& K_;
   std::vector<T> a_, fbar_, gbar_, u_, u_new_, v_, ktu_, colmax_, colsum_, zero_;
-  std::vector<char> row_ok_, col_ok_;
 };
 
 template <typename T>
