@@ -2,24 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import torch
 
 from . import HAS_EXTENSION, EXTENSION_ERROR, sinkhorn_aggregate
+from .bench import median_ms
 from .workloads import PAPER_INTRA, make_inputs
-
-
-def _median_ms(fn, repeat: int) -> float:
-    fn()  # warm-up (allocations, thread pool)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def demo(args) -> int:
@@ -37,7 +26,7 @@ def demo(args) -> int:
         run = lambda: sinkhorn_aggregate(anchors, sources, eps=w.eps, max_iter=w.max_iter,  # noqa: E731
                                          backend=backend)
         results[backend] = run()
-        timings[backend] = _median_ms(run, args.repeat)
+        timings[backend] = median_ms(run, min_time=0.0, min_runs=args.repeat, max_runs=args.repeat)
     print(f"\n  {'backend':<8} {'median ms':>10} {'speed-up':>9}")
     for backend in backends:
         print(f"  {backend:<8} {timings[backend]:>10.2f} {timings['torch'] / timings[backend]:>8.1f}x")
@@ -54,7 +43,7 @@ def demo(args) -> int:
     return 0
 
 
-def bench(args) -> int:
+def bench_command(args) -> int:
     from . import bench as suite
 
     if not HAS_EXTENSION:
@@ -113,7 +102,7 @@ def main(argv=None) -> int:
     p_bench.add_argument("--plot", metavar="PATH", help="write time-vs-size plots (PNG)")
     p_bench.add_argument("--threads", type=int, nargs="+", metavar="T",
                          help="thread counts for the paper cases (default: 1 and all)")
-    p_bench.set_defaults(func=bench)
+    p_bench.set_defaults(func=bench_command)
     p_flops = sub.add_parser("flops", help="visual-token prefill/decode FLOPs of the LLM "
                              "before and after reduction (SPEC §7)")
     p_flops.add_argument("--model", default="llava-onevision-7b",

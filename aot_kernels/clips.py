@@ -18,17 +18,9 @@ DYNAMIC_NUM_CLIPS = 8
 DYNAMIC_THRESHOLD = 0.9
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
-
-
 def uniform_clips(frames: int, clip_len: int) -> List[Clip]:
     """Consecutive clips of clip_len frames; the last one may be shorter."""
-    frames, clip_len = _positive_int("frames", frames), _positive_int("clip_len", clip_len)
+    frames, clip_len = validate.integer(frames, "frames", 1), validate.integer(clip_len, "clip_len", 1)
     return [(s, min(s + clip_len, frames)) for s in range(0, frames, clip_len)]
 
 
@@ -42,7 +34,7 @@ def dynamic_clips(frame_features: torch.Tensor, num_clips: int = DYNAMIC_NUM_CLI
     num_clips frames is cut after every frame. Returns [start, end) frame ranges in order.
     """
     validate.features(frame_features, "frame_features", rank=2, what="[F, D]")
-    num_clips = _positive_int("num_clips", num_clips)
+    num_clips = validate.integer(num_clips, "num_clips", 1)
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold):
         raise ValueError(f"threshold must be a finite number, got {threshold!r}")
     frames = frame_features.shape[0]

@@ -1,7 +1,6 @@
 """Anchor selection (SPEC §4): half local (top score inside each grid window), half global."""
 from __future__ import annotations
 
-import numbers
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -64,13 +63,10 @@ def _top_mask(key: torch.Tensor, count: int) -> torch.Tensor:
     return mask
 
 
-def _check_pair(name: str, value, low: int = 1) -> Tuple[int, int]:
-    if (not isinstance(value, (tuple, list)) or len(value) != 2
-            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)):
+def _check_pair(name: str, value) -> Tuple[int, int]:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise TypeError(f"{name} must be a pair of ints (rows, cols), got {value!r}")
-    if min(value) < low:
-        raise ValueError(f"{name} must be >= {low} in both dimensions, got {tuple(value)}")
-    return int(value[0]), int(value[1])
+    return validate.integer(value[0], f"{name} rows", 1), validate.integer(value[1], f"{name} cols", 1)
 
 
 def select_anchors(scores: torch.Tensor, local_scores: Optional[torch.Tensor] = None, *,
@@ -93,9 +89,7 @@ def select_anchors(scores: torch.Tensor, local_scores: Optional[torch.Tensor] = 
         raise ValueError(f"grid {h}x{w} has {h * w} tokens but scores have N={n}")
     if wh > h or ww > w:
         raise ValueError(f"windows {wh}x{ww} do not fit the {h}x{w} grid")
-    if isinstance(num_anchors, bool) or not isinstance(num_anchors, numbers.Integral):
-        raise TypeError(f"num_anchors must be an int, got {type(num_anchors).__name__}")
-    if not 1 <= num_anchors <= n:
+    if validate.integer(num_anchors, "num_anchors", 1) > n:
         raise ValueError(f"num_anchors must be in [1, N={n}], got {num_anchors}")
     validate.finite(scores, "scores")
     if local_scores is None:

@@ -92,13 +92,19 @@ def _real(v, name: str) -> float:
     return v
 
 
+def integer(value, name: str, minimum: int) -> int:
+    """An int (not a bool) >= minimum: TypeError otherwise, ValueError below the minimum."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
 def solver(eps, max_iter, tol) -> None:
     if _real(eps, "eps") <= 0:
         raise ValueError(f"eps must be > 0, got {eps}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral):
-        raise TypeError(f"max_iter must be an int, got {type(max_iter).__name__}")
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    integer(max_iter, "max_iter", 1)
     if _real(tol, "tol") < 0:
         raise ValueError(f"tol must be >= 0, got {tol}")
 
@@ -114,9 +120,7 @@ def aggregation(lam, tau, keep, source_weight, n: int) -> None:
         raise ValueError(f"tau must be in [0, 1], got {tau}")
     if keep is None:
         return
-    if isinstance(keep, bool) or not isinstance(keep, numbers.Integral):
-        raise TypeError(f"keep must be an int, got {type(keep).__name__}")
-    if not 0 <= keep <= n:
+    if integer(keep, "keep", 0) > n:
         raise ValueError(f"keep must be in [0, N={n}], got {keep}")
     if source_weight is not None and not _no_data(source_weight):
         fewest = int((source_weight > 0).sum(1).min())
