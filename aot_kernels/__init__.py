@@ -12,12 +12,14 @@ The contract is SPEC.md; reference/ holds the float64 NumPy reference that judge
 from . import clips, flops
 from .api import AggregateResult, SinkhornResult, cosine_cost, sinkhorn, sinkhorn_aggregate
 from .ops import EXTENSION_ERROR, HAS_EXTENSION
+from .reducer import AOTReducer
 from .selection import Anchors, select_anchors
+from .video import ReducedVideo
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AggregateResult", "SinkhornResult", "cosine_cost", "sinkhorn", "sinkhorn_aggregate",
-    "Anchors", "select_anchors", "clips", "flops",
+    "Anchors", "select_anchors", "clips", "flops", "AOTReducer", "ReducedVideo",
     "HAS_EXTENSION", "EXTENSION_ERROR", "__version__",
 ]

@@ -1,0 +1,203 @@
+"""What every reducer shares: the input forms it accepts, the token budget, and ReducedVideo.
+
+A video is `features [F,N,D]` (F frames of N tokens on an h x w grid, raster order) with scores
+`[F,N]`. Reducers accept one video, a rectangular batch `[B,F,N,D]`, or a list of videos whose F
+differ; they return a ReducedVideo, a batched ReducedVideo, or a list, respectively.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from . import validate
+
+Clip = Tuple[int, int]
+
+
+@dataclass
+class ReducedVideo:
+    """The tokens a reducer kept, in output order, and where each came from.
+
+    tokens [K,D] (input dtype); frame_ids [K] int64: frame of each token; positions [K] int64:
+    original flat index t*N + n, for RoPE / M-RoPE gathers; sizes [K]: how many original tokens
+    each token stands for (fractional under OT merging; sum = F*N when nothing is dropped
+    outright); dynamic [K] bool: AOT's dynamic tokens (kept as they are by the inter-frame stage);
+    clips: [start, end) frame ranges the reducer worked in; grid (h, w). From a batch [B,F,N,D]
+    in quota mode every tensor gains a leading B. `stats`: token counts (and, when profiling,
+    milliseconds) per stage.
+    """
+    tokens: torch.Tensor
+    frame_ids: torch.Tensor
+    positions: torch.Tensor
+    sizes: torch.Tensor
+    dynamic: torch.Tensor
+    clips: List[Clip]
+    grid: Tuple[int, int]
+    stats: Dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.tokens.shape[-2]
+
+    def to_dict(self) -> dict:
+        """Plain dict of tensors and lists (what `python -m aot_kernels reduce` saves)."""
+        return {"tokens": self.tokens, "frame_ids": self.frame_ids, "positions": self.positions,
+                "sizes": self.sizes, "dynamic": self.dynamic, "clips": self.clips,
+                "grid": self.grid, "stats": self.stats}
+
+
+def stack(videos: Sequence[ReducedVideo]) -> ReducedVideo:
+    """Batch reductions that kept the same number of tokens (quota mode) along a new dim 0."""
+    counts = {len(v) for v in videos}
+    if len(counts) != 1:
+        raise ValueError(f"cannot stack reductions of different lengths {sorted(counts)}; "
+                         "use a list of videos (threshold mode keeps a data-dependent count)")
+    cat = lambda name: torch.stack([getattr(v, name) for v in videos])  # noqa: E731
+    return ReducedVideo(cat("tokens"), cat("frame_ids"), cat("positions"), cat("sizes"),
+                        cat("dynamic"), [c for v in videos for c in v.clips], videos[0].grid,
+                        dict(videos[0].stats))
+
+
+@dataclass
+class Video:
+    """One validated input video."""
+    features: torch.Tensor  # [F,N,D]
+    scores: Optional[torch.Tensor]  # [F,N] or None
+    local_scores: Optional[torch.Tensor]  # [F,N] or None
+
+    @property
+    def frames(self) -> int:
+        return self.features.shape[0]
+
+
+def retention(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"retention must be a number in (0, 1], got {type(value).__name__}")
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
+        raise ValueError(f"retention must be in (0, 1], got {value}")
+    return float(value)
+
+
+def token_budget(frames: int, tokens: int, kept_fraction: float) -> int:
+    """K = round(retention * F * N) tokens for the whole video (half to even, like Python)."""
+    k = round(kept_fraction * frames * tokens)
+    if k < 1:
+        raise ValueError(f"retention {kept_fraction} keeps no token of a {frames}x{tokens} video "
+                         f"(round({kept_fraction} * {frames * tokens}) = 0)")
+    return k
+
+
+def spread(total: int, parts: int) -> List[int]:
+    """`total` split into `parts` counts as evenly as possible, remainder to the first parts."""
+    return [total // parts + (1 if k < total % parts else 0) for k in range(parts)]
+
+
+def grid_of(grid, n: int) -> Tuple[int, int]:
+    """(h, w) with h*w = N; None means a square grid."""
+    if grid is None:
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(f"N={n} tokens per frame is not a square: pass grid=(h, w)")
+        return side, side
+    if not isinstance(grid, (tuple, list)) or len(grid) != 2:
+        raise TypeError(f"grid must be a pair of ints (h, w), got {grid!r}")
+    h, w = validate.integer(grid[0], "grid rows", 1), validate.integer(grid[1], "grid cols", 1)
+    if h * w != n:
+        raise ValueError(f"grid {h}x{w} has {h * w} tokens but the features have N={n} per frame")
+    return h, w
+
+
+def _scores(s, name: str, features: torch.Tensor, where: str) -> Optional[torch.Tensor]:
+    if s is None:
+        return None
+    validate.features(s, f"{name}{where}", rank=2, what=f"[F={features.shape[0]}, N={features.shape[1]}]")
+    if tuple(s.shape) != tuple(features.shape[:2]):
+        raise ValueError(f"{name}{where} must have shape [F, N] = {list(features.shape[:2])}, "
+                         f"got {list(s.shape)}")
+    if s.device != features.device:
+        raise ValueError(f"{name}{where} is on {s.device} but the features are on {features.device}")
+    validate.finite(s, f"{name}{where}")
+    return s
+
+
+def _one(features, scores, local_scores, where: str = "") -> Video:
+    validate.features(features, f"features{where}", rank=3, what="[F, N, D]")
+    if min(features.shape) == 0:
+        raise ValueError(f"features{where} is empty: shape {list(features.shape)}")
+    validate.finite(features, f"features{where}")
+    return Video(features, _scores(scores, "scores", features, where),
+                 _scores(local_scores, "local_scores", features, where))
+
+
+def _index(x, b):
+    return None if x is None else x[b]
+
+
+def as_videos(features, scores, local_scores) -> Tuple[List[Video], str]:
+    """Validate the input and return (videos, form), form in {"single", "batch", "list"}."""
+    if isinstance(features, (list, tuple)):
+        n = len(features)
+        if n == 0:
+            raise ValueError("features is an empty list")
+        for name, s in (("scores", scores), ("local_scores", local_scores)):
+            if s is not None and (not isinstance(s, (list, tuple)) or len(s) != n):
+                raise TypeError(f"with a list of {n} videos, {name} must be a list of {n} "
+                                f"[F, N] tensors (or None), got {type(s).__name__}")
+        videos = [_one(features[b], _index(scores, b), _index(local_scores, b), f"[{b}]")
+                  for b in range(n)]
+        form = "list"
+    elif isinstance(features, torch.Tensor) and features.dim() == 4:
+        for name, s in (("scores", scores), ("local_scores", local_scores)):
+            if s is not None and (not isinstance(s, torch.Tensor) or s.dim() != 3):
+                raise ValueError(f"with features [B, F, N, D], {name} must be [B, F, N]")
+            if s is not None and s.shape[0] != features.shape[0]:
+                raise ValueError(f"{name} has B={s.shape[0]}, features B={features.shape[0]}")
+        videos = [_one(features[b], _index(scores, b), _index(local_scores, b), f"[{b}]")
+                  for b in range(features.shape[0])]
+        if not videos:
+            raise ValueError("features has batch size 0")
+        form = "batch"
+    else:
+        if isinstance(features, torch.Tensor) and features.dim() not in (3, 4):
+            raise ValueError(f"features must be [F, N, D], [B, F, N, D] or a list of [F, N, D], "
+                             f"got shape {list(features.shape)}")
+        videos = [_one(features, scores, local_scores)]
+        form = "single"
+    first = videos[0].features
+    for b, v in enumerate(videos[1:], 1):
+        f = v.features
+        if f.shape[1:] != first.shape[1:]:
+            raise ValueError(f"video {b} has N, D = {list(f.shape[1:])}, video 0 has "
+                             f"{list(first.shape[1:])}: all videos need the same tokens per frame and D")
+        if f.dtype != first.dtype or f.device != first.device:
+            raise ValueError(f"video {b} is {f.dtype} on {f.device}, video 0 {first.dtype} on "
+                             f"{first.device}")
+    return videos, form
+
+
+def finish(results: List[ReducedVideo], form: str):
+    """Shape the per-video results like the input: one, stacked, or a list."""
+    if form == "single":
+        return results[0]
+    if form == "batch":
+        return stack(results)
+    return results
+
+
+def size_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def received_sizes(mass: torch.Tensor, source_count: torch.Tensor, anchor_total: torch.Tensor,
+                   ) -> torch.Tensor:
+    """Original tokens each anchor stands for after OT folding of unit-size sources.
+
+    Source i spreads its one token over the anchors by p_ij = T_ji / sum_j' T_j'i. The Sinkhorn
+    columns are exact (SPEC §2), and with uniform source weights sum_j' T_j'i = total/N_src, so
+    sum_i p_ij = m_j * N_src / total: no plan is needed. mass [B,M], source_count [B], anchor_total
+    [B] -> sizes [B,M], each row summing to M_b + N_src.
+    """
+    return 1.0 + mass * (source_count / anchor_total).unsqueeze(1)

@@ -1,0 +1,121 @@
+"""Float64 reference for the whole AOT video reduction (SPEC §4-5): one video, frame by frame,
+clip by clip, in plain loops over the per-problem reference ops. No torch."""
+from __future__ import annotations
+
+import numpy as np
+
+from reference.ot_reference import sinkhorn_aggregate
+from reference.selection_reference import select_anchors, uniform_clips
+
+
+def even_split(total, parts):
+    return [total // parts + (1 if k < total % parts else 0) for k in range(parts)]
+
+
+def default_plan(frames, tokens, retention, clip_len=None, num_anchors=None, threshold=False):
+    """[decided] defaults: clips of 8 frames (grown until feasible when clip_len is None) and
+    M = floor(0.8 K / c) clamped to [ceil(K / F), min(N, floor(K / c))]. Returns (M, clips)."""
+    budget = round(retention * frames * tokens)
+    length = min(8, frames) if clip_len is None else clip_len
+    while True:
+        clips = uniform_clips(frames, length)
+        c = len(clips)
+        m = num_anchors
+        if m is None:
+            low = int(np.ceil(budget / frames))
+            high = min(tokens, budget // c)
+            m = None if low > high else min(max((4 * budget) // (5 * c), low), high)
+        ok = m is not None and m <= tokens and (threshold or c * m <= budget <= frames * m)
+        if ok:
+            return m, clips
+        if clip_len is not None or length >= frames:
+            raise ValueError("budget impossible")
+        length += 1
+
+
+def column_shares(plan):
+    """p[j, i] = T_ji / sum_j' T_j'i: how source i spreads over the anchors."""
+    p = np.zeros_like(plan)
+    for i in range(plan.shape[1]):
+        column = plan[:, i].sum()
+        if column > 0:
+            p[:, i] = plan[:, i] / column
+    return p
+
+
+def reduce_video(features, scores, local_scores, grid, windows, num_anchors, clips, retention=None,
+                 tau=None, eps=0.1, lam_intra=1.0, lam_inter=1.0, max_iter=100, tol=0.0,
+                 marginals="probability"):
+    """AOT on one video [F,N,D] with M anchors per frame and the given clips.
+
+    Quota mode (retention): K = round(r F N); each later frame of a clip keeps its share of the
+    K - c M dynamic slots (even split over the later frames, remainder to the earliest clip steps).
+    Threshold mode: tau. Returns dict of tokens [K,D], frame_ids, positions (t*N + n), sizes
+    (original tokens per output token), dynamic flags; SPEC §5 output order.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    frames, n, _ = x.shape
+    m = num_anchors
+    anchors, sources = select_anchors(scores, local_scores, grid, windows, m)
+
+    def weights(count):
+        return None if marginals == "probability" else np.ones(count)
+
+    # Intra-frame: each frame's anchors absorb its pruned tokens (SPEC §3).
+    frame_tokens, frame_sizes = [], []
+    for t in range(frames):
+        if m == n:
+            frame_tokens.append(x[t, anchors[t]])
+            frame_sizes.append(np.ones(m))
+            continue
+        r = sinkhorn_aggregate(x[t, anchors[t]], x[t, sources[t]], weights(m), None, eps,
+                               lam_intra, max_iter, tol)
+        p = column_shares(r.plan)
+        frame_tokens.append(r.tokens)
+        frame_sizes.append(np.array([1.0 + p[j].sum() for j in range(m)]))
+
+    quota = [0] * frames
+    if tau is None:
+        budget = round(retention * frames * n)
+        # [decided] later frames ordered by step within the clip, then by clip: the remainder
+        # goes to the earliest steps.
+        later = []
+        for step in range(1, max(e - s for s, e in clips)):
+            for s, e in clips:
+                if s + step < e:
+                    later.append(s + step)
+        if later:
+            for t, q in zip(later, even_split(budget - len(clips) * m, len(later))):
+                quota[t] = q
+
+    out = {"tokens": [], "frame_ids": [], "positions": [], "sizes": [], "dynamic": []}
+
+    def emit(token, size, frame, index, is_dynamic):
+        out["tokens"].append(token)
+        out["sizes"].append(size)
+        out["frame_ids"].append(frame)
+        out["positions"].append(frame * n + int(index))
+        out["dynamic"].append(is_dynamic)
+
+    # Inter-frame: within a clip, the first frame's tokens absorb the later frames in order.
+    for s, e in clips:
+        a, a_sizes = frame_tokens[s].copy(), frame_sizes[s].copy()
+        kept_later = []
+        for t in range(s + 1, e):
+            r = sinkhorn_aggregate(a, frame_tokens[t], weights(m), None, eps, lam_inter, max_iter,
+                                   tol, tau=tau, keep=None if tau is not None else quota[t])
+            p = column_shares(r.plan)
+            for j in range(m):
+                a_sizes[j] += sum(p[j, i] * frame_sizes[t][i] for i in range(m) if not r.kept[i])
+            a = r.tokens
+            for i in range(m):
+                if r.kept[i]:
+                    kept_later.append((frame_tokens[t][i], frame_sizes[t][i], t, anchors[t][i]))
+        for j in range(m):
+            emit(a[j], a_sizes[j], s, anchors[s][j], False)
+        for token, size, t, index in kept_later:
+            emit(token, size, t, index, True)
+    return {"tokens": np.array(out["tokens"]).reshape(-1, x.shape[2]),
+            "frame_ids": np.array(out["frame_ids"], dtype=np.int64),
+            "positions": np.array(out["positions"], dtype=np.int64),
+            "sizes": np.array(out["sizes"]), "dynamic": np.array(out["dynamic"], dtype=bool)}
