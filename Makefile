@@ -19,7 +19,7 @@ $(DEPS): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check $(TORCH_PIP_FLAGS) "$(TORCH_SPEC)"
 	$(PIP) install -q --disable-pip-version-check numpy setuptools wheel ninja cmake \
-		pytest hypothesis expecttest pytest-benchmark POT matplotlib
+		pytest hypothesis expecttest pytest-benchmark POT matplotlib scikit-image
 	touch $@
 
 $(BUILT): $(DEPS) $(CXX_SOURCES)

@@ -1,4 +1,4 @@
-"""Command line: `python -m aot_kernels demo` (what `make demo` runs)."""
+"""Command line: demo (what `make demo` runs), reduce, compare, bench, flops."""
 from __future__ import annotations
 
 import argparse
@@ -6,40 +6,183 @@ import sys
 
 import torch
 
-from . import HAS_EXTENSION, EXTENSION_ERROR, sinkhorn_aggregate
-from .bench import median_ms
-from .workloads import PAPER_INTRA, make_inputs
+from . import HAS_EXTENSION, EXTENSION_ERROR
 
 
 def demo(args) -> int:
-    w = PAPER_INTRA
-    anchors, sources = make_inputs(w)
-    print(f"aot_kernels demo: intra-frame stage of AOT at the paper workload (SPEC §6)")
-    print(f"  {w.batch} frames x (M={w.anchors} anchors <- N={w.sources} pruned tokens), "
-          f"D={w.dim}, fp32, eps={w.eps}, {w.max_iter} Sinkhorn iterations, "
-          f"{torch.get_num_threads()} CPU thread(s)")
+    """AOT on the embedded photo video: stage table, LLM cost, fidelity, and a PNG."""
+    from statistics import median
+
+    from . import compare
+    from .demo import demo_video, draw
+    from .flops import cost
+    from .reducer import AOTReducer
+
+    video = demo_video()
+    frames, n, d = video.features.shape
+    print("aot_kernels demo: AOT on a 32-frame video made from scikit-image photos")
+    print(f"  slow zoom into 'astronaut' (frames 0-{video.cut - 1}), scene cut, slow pan across "
+          f"'coffee' (frames {video.cut}-{frames - 1}); {frames} frames x {n} tokens "
+          f"({video.grid[0]}x{video.grid[1]}), D={d}, fp32, {torch.get_num_threads()} CPU thread(s)")
     if not HAS_EXTENSION:
         print(f"  compiled extension unavailable ({EXTENSION_ERROR}); torch backend only")
     backends = ["cpp", "torch"] if HAS_EXTENSION else ["torch"]
-    results, timings = {}, {}
+    stages = ("select_ms", "intra_ms", "inter_ms")
+    results, table = {}, {}
     for backend in backends:
-        run = lambda: sinkhorn_aggregate(anchors, sources, eps=w.eps, max_iter=w.max_iter,  # noqa: E731
-                                         backend=backend)
-        results[backend] = run()
-        timings[backend] = median_ms(run, min_time=0.0, min_runs=args.repeat, max_runs=args.repeat)
-    print(f"\n  {'backend':<8} {'median ms':>10} {'speed-up':>9}")
-    for backend in backends:
-        print(f"  {backend:<8} {timings[backend]:>10.2f} {timings['torch'] / timings[backend]:>8.1f}x")
-    r = results[backends[0]]
-    moved = (r.tokens - anchors).norm(dim=-1).mean().item()
-    print(f"\n  each anchor absorbed its share of the pruned tokens: received mass "
-          f"{r.mass.mean().item():.5f} (= 1/M = {1 / w.anchors:.5f}), mean shift {moved:.4f}, "
-          f"transport cost {r.distance.mean().item():.4f}, row-marginal error "
-          f"{r.error.max().item():.2e}")
+        reducer = AOTReducer(args.retention, backend=backend, profile=True)
+        results[backend] = reducer(video.features, video.scores, grid=video.grid)  # warm-up
+        runs = [reducer(video.features, video.scores, grid=video.grid) for _ in range(args.repeat)]
+        table[backend] = {k: median(r.stats[k] for r in runs) for k in stages}
+        table[backend]["total"] = median(sum(r.stats[k] for k in stages) for r in runs)
+    out = results[backends[0]]
+    st = out.stats
+    print(f"\n  {AOTReducer(args.retention)!r}\n  -> {st['anchors_per_frame']} anchors per "
+          f"frame, {st['clips']} clips of {out.clips[0][1] - out.clips[0][0]} frames, "
+          f"K = round({args.retention:g} x {frames * n}) = {len(out)} tokens")
+    head = "".join(f"{b + ' ms':>11}" for b in backends)
+    print(f"\n  {'stage':<30}{'tokens':>7}{head}")
+    rows = [("input", st["tokens_in"], None),
+            (f"anchor selection ({st['anchors_per_frame']}/frame)", st["tokens_after_intra"], "select_ms"),
+            ("intra-frame OT (fold pruned)", st["tokens_after_intra"], "intra_ms"),
+            (f"inter-frame OT ({st['clips']} clips)", st["tokens_out"], "inter_ms"),
+            ("total", st["tokens_out"], "total")]
+    for label, tokens, key in rows:
+        cells = "".join(f"{table[b][key]:>11.1f}" if key else f"{'':>11}" for b in backends)
+        print(f"  {label:<30}{tokens:>7}{cells}")
     if len(backends) == 2:
         diff = (results["cpp"].tokens - results["torch"].tokens).abs().max().item()
-        print(f"  cpp and torch backends agree: max |difference| of the tokens {diff:.2e}")
-    print(f"  output: tokens {tuple(r.tokens.shape)} (the {w.anchors} kept tokens of each frame)")
+        print(f"  cpp is {table['torch']['total'] / table['cpp']['total']:.1f}x faster than torch; "
+              f"their tokens agree to {diff:.1e}")
+
+    flops = cost("llava-onevision-7b", retention=len(out) / (frames * n), frames=frames,
+                 tokens_per_frame=n)
+    print(f"\n  LLaVA-OneVision-7B prefill over the visual tokens (SPEC §7): "
+          f"{flops.prefill_flops_full / 1e12:.2f} -> {flops.prefill_flops / 1e12:.2f} TFLOPs "
+          f"({100 * flops.ratio:.1f}%)")
+
+    per_frame = torch.bincount(out.frame_ids[out.dynamic], minlength=frames).tolist()
+    print(f"  dynamic tokens per frame (quota mode spreads the K - clips x M slots evenly, "
+          f"SPEC §5; --tau lets them follow the content):\n    {per_frame}")
+
+    print(f"\n  fidelity at the same budget ({len(out)} tokens), no LLM needed "
+          f"(`python -m aot_kernels compare` runs every variant):")
+    chosen = compare.variants(["aot", "visionzip", "tome", "dycoke", "topk", "pool", "random"],
+                              ot_merge=False)
+    rows = compare.run([(video.features, video.scores, video.grid)], args.retention, chosen,
+                       repeat=1, progress=False)
+    print(compare.format_rows(rows))
+
+    from .selection import select_anchors
+
+    anchors = select_anchors(video.scores, grid=video.grid,
+                             num_anchors=st["anchors_per_frame"]).anchors
+    draw(args.out, video, out, anchors)
+    print(f"\n  wrote {args.out}: frames with anchors, dynamic tokens and clip boundaries")
+    return 0
+
+
+def _load(path: str, key: str):
+    """A tensor from .pt (a tensor, or a dict holding `key`), .npz (array `key`) or .npy."""
+    import numpy as np
+
+    if path.endswith(".npz"):
+        with np.load(path) as data:
+            if key not in data:
+                raise ValueError(f"{path} has no array {key!r} (has {sorted(data.files)})")
+            return torch.from_numpy(data[key])
+    if path.endswith(".npy"):
+        return torch.from_numpy(np.load(path))
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict):
+        if key not in obj:
+            raise ValueError(f"{path} holds a dict without {key!r} (keys {sorted(obj)})")
+        obj = obj[key]
+    if not isinstance(obj, torch.Tensor):
+        raise ValueError(f"{path}: expected a tensor for {key!r}, got {type(obj).__name__}")
+    return obj
+
+
+def _optional(path: str, key: str):
+    try:
+        return _load(path, key)
+    except ValueError:
+        return None
+
+
+def _video_inputs(args):
+    features = _load(args.features, "features")
+    if not features.dtype.is_floating_point:
+        raise ValueError(f"features in {args.features} are {features.dtype}, not floating point")
+    scores = _load(args.scores, "scores") if args.scores else _optional(args.features, "scores")
+    note = None
+    if scores is None:
+        from .demo import self_attention_scores
+
+        flat = features.reshape(-1, *features.shape[-2:])
+        scores = self_attention_scores(flat).reshape(features.shape[:-1]).to(features.dtype)
+        note = "no scores given: using the mean self-attention each token receives (SPEC §4)"
+    return features, scores, note
+
+
+def reduce_command(args) -> int:
+    from . import reducers
+
+    try:
+        features, scores, note = _video_inputs(args)
+        config = dict(retention=args.retention, backend=args.backend)
+        if args.reducer == "aot":
+            config.update(tau=args.tau, num_anchors=args.num_anchors, clip_len=args.clip_len,
+                          segmentation=args.segmentation)
+        reducer = reducers.build(args.reducer, **config)
+        grid = tuple(args.grid) if args.grid else None
+        out = reducer(features, scores, grid=grid)
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if note:
+        print(note)
+    torch.save(out.to_dict(), args.out)
+    total = features.shape[-3] * features.shape[-2]
+    print(f"{args.reducer}: {total} tokens per video -> {len(out)} "
+          f"({100 * len(out) / total:.1f}%), {out.tokens.shape[-1]} features; wrote {args.out} "
+          f"(tokens, frame_ids, positions, sizes, dynamic, clips, grid, stats)")
+    return 0
+
+
+def compare_command(args) -> int:
+    from . import compare
+
+    try:
+        if args.features:
+            videos = []
+            for path in args.features:
+                args.scores, feats = None, path
+                ns = argparse.Namespace(features=feats, scores=None)
+                features, scores, _ = _video_inputs(ns)
+                if features.dim() == 4:
+                    videos += [(f, s, tuple(args.grid) if args.grid else None)
+                               for f, s in zip(features, scores)]
+                else:
+                    videos.append((features, scores, tuple(args.grid) if args.grid else None))
+            source = f"{len(videos)} video(s) from {len(args.features)} file(s)"
+        else:
+            from .demo import demo_video
+
+            v = demo_video()
+            videos = [(v.features, v.scores, v.grid)]
+            source = "the demo video (32 x 196 tokens from scikit-image photos)"
+        chosen = compare.variants(args.reducers, ot_merge=not args.no_ot_merge)
+        print(f"compare: {source}, retention {args.retention:g}, every reducer at the same budget")
+        rows = compare.run(videos, args.retention, chosen, repeat=args.repeat,
+                           progress=not args.no_progress, backend=args.backend)
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(compare.format_rows(rows))
+    if args.plot:
+        compare.plot(rows, args.plot)
+        print(f"wrote {args.plot}")
     return 0
 
 
@@ -88,13 +231,54 @@ def flops_command(args) -> int:
     return 0
 
 
+def _reducer_names():
+    from .reducers import NAMES
+
+    return NAMES
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m aot_kernels",
                                      description="AOT visual-token reduction kernels")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_demo = sub.add_parser("demo", help="solve the paper's intra-frame workload on each backend")
-    p_demo.add_argument("--repeat", type=int, default=5, help="timed runs per backend (median)")
+    p_demo = sub.add_parser("demo", help="AOT on the embedded photo video: stage table, "
+                            "LLM cost, fidelity, PNG")
+    p_demo.add_argument("--repeat", type=int, default=3, help="timed runs per backend (median)")
+    p_demo.add_argument("--retention", type=float, default=0.10, help="kept fraction, (0, 1]")
+    p_demo.add_argument("--out", default="aot_demo.png", help="PNG path (default aot_demo.png)")
     p_demo.set_defaults(func=demo)
+    p_reduce = sub.add_parser("reduce", help="reduce your own video features")
+    p_reduce.add_argument("--features", required=True,
+                          help="[F,N,D] or [B,F,N,D]: .pt (tensor or dict with 'features') or .npz")
+    p_reduce.add_argument("--scores", help="[F,N] scores file (.pt/.npz/.npy); default: the "
+                          "features file's 'scores', else mean self-attention received")
+    p_reduce.add_argument("--retention", type=float, default=0.10, help="kept fraction, (0, 1]")
+    p_reduce.add_argument("--grid", type=int, nargs=2, metavar=("H", "W"), help="token grid "
+                          "(default square)")
+    p_reduce.add_argument("--reducer", default="aot", help="aot (default) or a baseline: "
+                          "visionzip, tome, dycoke, topk, pool, random")
+    p_reduce.add_argument("--tau", type=float, help="AOT threshold mode instead of the exact budget")
+    p_reduce.add_argument("--num-anchors", type=int, help="AOT anchors per frame")
+    p_reduce.add_argument("--clip-len", type=int, help="AOT frames per clip")
+    p_reduce.add_argument("--segmentation", default="uniform", help="uniform | dynamic")
+    p_reduce.add_argument("--backend", default="auto", help="auto | cpp | torch")
+    p_reduce.add_argument("--out", required=True, help="output .pt (dict of tensors)")
+    p_reduce.set_defaults(func=reduce_command)
+    p_compare = sub.add_parser("compare", help="every reducer at the same budget: fidelity and "
+                               "time table, plus a plot")
+    p_compare.add_argument("--features", nargs="+", help="video files as for `reduce` (default: "
+                           "the demo video)")
+    p_compare.add_argument("--grid", type=int, nargs=2, metavar=("H", "W"))
+    p_compare.add_argument("--retention", type=float, default=0.10)
+    p_compare.add_argument("--reducers", nargs="+", default=list(_reducer_names()),
+                           help="names (default: all)")
+    p_compare.add_argument("--no-ot-merge", action="store_true",
+                           help="skip the baselines' merge='ot' variants")
+    p_compare.add_argument("--repeat", type=int, default=3, help="timed runs per video (median)")
+    p_compare.add_argument("--backend", default="auto", help="auto | cpp | torch")
+    p_compare.add_argument("--plot", default="aot_compare.png", help="PNG path ('' to skip)")
+    p_compare.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_compare.set_defaults(func=compare_command)
     p_bench = sub.add_parser("bench", help="CPU benchmark table: fused op vs torch, "
                              "torch.compile, POT and the GEMM floor")
     p_bench.add_argument("--quick", action="store_true", help="fewer cases and sweep points")
@@ -119,6 +303,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "repeat", 1) < 1:
         parser.error("--repeat must be >= 1")
+    if args.command == "demo" and not 0.0 < args.retention <= 1.0:
+        parser.error("--retention must be in (0, 1]")
     return args.func(args)
 
 

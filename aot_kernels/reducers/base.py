@@ -1,0 +1,139 @@
+"""What the baseline reducers share: a budget per frame, groups of kept/dropped tokens, and the
+swappable merge step that folds dropped tokens into kept ones ("average" or "ot")."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .. import validate
+from ..api import sinkhorn_aggregate
+from ..video import (Clip, ReducedVideo, Video, as_videos, finish, grid_of, received_sizes,
+                     retention as check_retention, size_dtype, spread, token_budget)
+
+MERGES = (None, "average", "ot")
+
+
+@dataclass
+class Group:
+    """The decision a reducer made for a span of frames. Indices are flat (t*N + n) into the
+    video. kept [k] ascending; dropped [d]; target [d]: the kept token each dropped token is
+    averaged into (merge="average"); receivers [k] bool: kept tokens that may absorb dropped
+    ones (merge="ot" folds every dropped token into the receivers by OT)."""
+    frames: Clip
+    kept: torch.Tensor
+    dropped: torch.Tensor
+    target: torch.Tensor
+    receivers: torch.Tensor
+
+
+def nearest(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Index of the most cosine-similar key for each query (ties to the lower index)."""
+    sim = F.normalize(queries.float(), dim=-1, eps=1e-12) @ F.normalize(keys.float(), dim=-1, eps=1e-12).T
+    return sim.argmax(1)
+
+
+def top_indices(key: torch.Tensor, count: int) -> torch.Tensor:
+    """The `count` largest entries of a 1-D key, ties to the lower index, ascending."""
+    return torch.sort(torch.sort(-key, stable=True).indices[:count]).values
+
+
+class TokenReducer:
+    """Base of the baselines: subclasses implement `groups(video, grid, frame_budget)`.
+
+    retention: kept fraction, K = round(retention F N) per video, spread over frames as evenly as
+    possible (remainder to the first frames). merge: None (drop), "average" (each dropped token is
+    averaged into its target, sizes counted) or "ot" (dropped tokens folded into the receivers
+    with `aot::sinkhorn_aggregate`, eps / max_iter / lam, SPEC §3). Inputs and output as
+    AOTReducer: features [F,N,D] | [B,F,N,D] | list, scores [F,N] (needed by some), grid.
+    """
+    name = "base"
+    needs_scores = False
+    default_merge: Optional[str] = None
+
+    def __init__(self, retention: float = 0.10, *, merge: Optional[str] = "default",
+                 eps: float = 0.1, lam: float = 1.0, max_iter: int = 100,
+                 backend: str = "auto", grid: Optional[Tuple[int, int]] = None):
+        self.retention = check_retention(retention)
+        merge = self.default_merge if merge == "default" else merge
+        if merge not in MERGES:
+            raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
+        validate.solver(eps, max_iter, 0.0)
+        validate.aggregation(lam, None, None, None, 1)
+        validate.backend(backend)
+        self.merge, self.eps, self.lam, self.max_iter = merge, float(eps), float(lam), int(max_iter)
+        self.backend, self.grid = backend, grid
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(retention={self.retention}, merge={self.merge!r})"
+
+    def groups(self, video: Video, grid: Tuple[int, int], frame_budget: List[int]) -> List[Group]:
+        raise NotImplementedError
+
+    def __call__(self, features, scores=None, local_scores=None, *, grid=None):
+        videos, form = as_videos(features, scores, local_scores)
+        if self.needs_scores and any(v.scores is None for v in videos):
+            raise ValueError(f"the {self.name!r} reducer ranks tokens by scores: pass scores [F, N]")
+        n = videos[0].features.shape[1]
+        hw = grid_of(grid if grid is not None else self.grid, n)
+        out = []
+        for v in videos:
+            budget = spread(token_budget(v.frames, n, self.retention), v.frames)
+            out.append(self._merge(v, hw, self.groups(v, hw, budget)))
+        return finish(out, form)
+
+    def _merge(self, video: Video, grid, groups: List[Group]) -> ReducedVideo:
+        feats = video.features
+        frames, n, d = feats.shape
+        flat = feats.reshape(frames * n, d)
+        sdt = size_dtype(feats.dtype)
+        kept = torch.cat([g.kept for g in groups])
+        order = torch.argsort(kept)
+        kept = kept[order]
+        slot = torch.full((frames * n,), -1, dtype=torch.long, device=feats.device)
+        slot[kept] = torch.arange(len(kept), device=feats.device)
+        sizes = torch.ones(len(kept), dtype=sdt, device=feats.device)
+        tokens = flat[kept]
+        if self.merge == "average":
+            dropped = torch.cat([g.dropped for g in groups])
+            target = slot[torch.cat([g.target for g in groups])]
+            sums = tokens.to(sdt).index_add(0, target, flat[dropped].to(sdt))
+            sizes = sizes.index_add(0, target, torch.ones(len(dropped), dtype=sdt, device=feats.device))
+            tokens = (sums / sizes.unsqueeze(1)).to(feats.dtype)
+        elif self.merge == "ot":
+            tokens, sizes = self._fold_ot(flat, slot, tokens, sizes, groups)
+        return ReducedVideo(tokens, kept // n, kept, sizes,
+                            torch.zeros(len(kept), dtype=torch.bool, device=feats.device),
+                            [g.frames for g in groups], grid,
+                            {"tokens_in": frames * n, "tokens_out": len(kept)})
+
+    def _fold_ot(self, flat, slot, tokens, sizes, groups: List[Group]):
+        """One padded, batched sinkhorn_aggregate over every group: receivers absorb the
+        group's dropped tokens (zero weight pads the ragged groups, SPEC §2)."""
+        live = [g for g in groups if len(g.dropped) and bool(g.receivers.any())]
+        if not live:
+            return tokens, sizes
+        recv = [g.kept[g.receivers] for g in live]
+        m, k = max(len(r) for r in recv), max(len(g.dropped) for g in live)
+        b, d, dev = len(live), flat.shape[1], flat.device
+        anchors = flat.new_zeros(b, m, d)
+        sources = flat.new_zeros(b, k, d)
+        a_w = torch.zeros(b, m, dtype=size_dtype(flat.dtype), device=dev)
+        s_w = torch.zeros(b, k, dtype=a_w.dtype, device=dev)
+        for i, (g, r) in enumerate(zip(live, recv)):
+            anchors[i, :len(r)] = flat[r]
+            sources[i, :len(g.dropped)] = flat[g.dropped]
+            a_w[i, :len(r)] = 1.0 / len(r)
+            s_w[i, :len(g.dropped)] = 1.0
+        out = sinkhorn_aggregate(anchors, sources, anchor_weight=a_w, source_weight=s_w,
+                                 eps=self.eps, lam=self.lam, max_iter=self.max_iter,
+                                 backend=self.backend)
+        count = torch.tensor([float(len(g.dropped)) for g in live], dtype=sizes.dtype, device=dev)
+        got = received_sizes(out.mass.to(sizes.dtype), count, torch.ones_like(count))
+        tokens, sizes = tokens.clone(), sizes.clone()
+        for i, r in enumerate(recv):
+            tokens[slot[r]] = out.tokens[i, :len(r)]
+            sizes[slot[r]] = got[i, :len(r)]
+        return tokens, sizes
