@@ -1,18 +1,88 @@
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+import torch
 
-def test_demo_runs_and_reports_backends():
-    out = subprocess.run([sys.executable, "-m", "aot_kernels", "demo", "--repeat", "1"],
-                         capture_output=True, text=True, check=True, timeout=300).stdout
-    assert "M=126" in out and "N=70" in out and "D=1152" in out
-    assert "cpp" in out and "torch" in out and "agree" in out
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "aot_kernels", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_demo_prints_the_table_and_writes_the_png(tmp_path):
+    png = tmp_path / "demo.png"
+    run = cli("demo", "--repeat", "1", "--out", str(png))
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    for needle in ("32 frames x 196 tokens", "anchor selection", "intra-frame OT",
+                   "inter-frame OT", "total", "627", "LLaVA-OneVision-7B prefill",
+                   "attention fidelity", "visionzip", "tome", "dycoke", str(png)):
+        assert needle in out, needle
+    assert "cpp ms" in out and "torch ms" in out and "agree" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_rejects_bad_arguments():
-    bad = subprocess.run([sys.executable, "-m", "aot_kernels", "demo", "--repeat", "0"],
-                         capture_output=True, text=True, timeout=120)
+    bad = cli("demo", "--repeat", "0", timeout=120)
     assert bad.returncode == 2 and "--repeat" in bad.stderr
+    bad = cli("demo", "--retention", "2", timeout=120)
+    assert bad.returncode == 2 and "--retention" in bad.stderr
+
+
+@pytest.fixture
+def video_files(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(6, 16, 8, generator=g)
+    scores = torch.rand(6, 16, generator=g)
+    pt = tmp_path / "video.pt"
+    torch.save({"features": feats, "scores": scores}, pt)
+    npz = tmp_path / "video.npz"
+    np.savez(npz, features=feats.numpy())
+    return feats, scores, pt, npz
+
+
+def test_reduce_writes_the_reduction(video_files, tmp_path):
+    feats, scores, pt, npz = video_files
+    out = tmp_path / "reduced.pt"
+    run = cli("reduce", "--features", str(pt), "--retention", "0.25", "--clip-len", "3",
+              "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    saved = torch.load(out, weights_only=False)
+    from aot_kernels import AOTReducer
+
+    want = AOTReducer(0.25, clip_len=3)(feats, scores)
+    assert torch.equal(saved["positions"], want.positions) and len(saved["tokens"]) == 24
+    torch.testing.assert_close(saved["tokens"], want.tokens)
+    # .npz without scores: the self-attention rule, said out loud; a baseline by name.
+    run = cli("reduce", "--features", str(npz), "--retention", "0.25", "--reducer", "tome",
+              "--out", str(out))
+    assert run.returncode == 0 and "self-attention" in run.stdout
+    assert len(torch.load(out, weights_only=False)["tokens"]) == 24
+
+
+def test_reduce_errors_exit_2_with_the_reason(video_files, tmp_path):
+    _, _, pt, _ = video_files
+    out = str(tmp_path / "x.pt")
+    for args, why in ((["--features", str(pt), "--retention", "0"], "retention"),
+                      (["--features", str(pt), "--grid", "3", "5"], "grid"),
+                      (["--features", str(tmp_path / "missing.pt")], "No such file"),
+                      (["--features", str(pt), "--reducer", "fastv"], "unknown reducer")):
+        run = cli("reduce", *args, "--out", out, timeout=120)
+        assert run.returncode == 2 and why in run.stderr, (args, run.stderr)
+
+
+def test_compare_prints_every_reducer_with_a_progress_bar(video_files, tmp_path):
+    _, _, pt, npz = video_files
+    png = tmp_path / "cmp.png"
+    run = cli("compare", "--features", str(pt), str(npz), "--retention", "0.25", "--repeat", "1",
+              "--plot", str(png))
+    assert run.returncode == 0, run.stderr
+    for name in ("aot", "visionzip", "tome", "dycoke", "topk", "pool", "random", "topk+ot"):
+        assert f"\n  {name} " in run.stdout, name
+    assert "2 video(s)" in run.stdout and "26/26" in run.stderr  # 13 variants x 2 videos
+    assert png.exists()
 
 
 def test_bench_rows_compare_every_peer_on_the_same_inputs():

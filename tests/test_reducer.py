@@ -90,6 +90,9 @@ def test_batch_and_list_inputs_equal_one_video_at_a_time():
     for k in range(2):
         torch.testing.assert_close(batch.tokens[k], singles[k].tokens, rtol=0, atol=1e-12)
         assert torch.equal(batch.positions[k], singles[k].positions)
+    m, clips = default_plan(9, 16, 0.25, 3)
+    compare(listed[2], reduce_video(vids[2][0].numpy(), vids[2][1].numpy(), None, (4, 4), (2, 2),
+                                    m, clips, retention=0.25))
     for got, want in zip(listed, singles):
         torch.testing.assert_close(got.tokens, want.tokens, rtol=0, atol=1e-12)
         torch.testing.assert_close(got.sizes, want.sizes, rtol=0, atol=1e-12)

@@ -31,8 +31,9 @@ class Group:
 
 def nearest(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """Index of the most cosine-similar key for each query (ties to the lower index)."""
-    sim = F.normalize(queries.float(), dim=-1, eps=1e-12) @ F.normalize(keys.float(), dim=-1, eps=1e-12).T
-    return sim.argmax(1)
+    dt = torch.float64 if queries.dtype == torch.float64 else torch.float32
+    unit = lambda v: F.normalize(v.to(dt), dim=-1, eps=1e-12)  # noqa: E731
+    return (unit(queries) @ unit(keys).T).argmax(1)
 
 
 def top_indices(key: torch.Tensor, count: int) -> torch.Tensor:

@@ -21,8 +21,8 @@ def _frame_group(t: int, n: int, kept: torch.Tensor, dropped: torch.Tensor, targ
     """Per-frame indices (0..N-1) -> a Group with flat indices."""
     if receivers is None:
         receivers = torch.ones(len(kept), dtype=torch.bool, device=kept.device)
-    if len(kept) == 0:  # a frame with no budget (K < F): its tokens are dropped outright
-        dropped = target = kept
+    if not bool(receivers.any()):  # nothing may absorb them (no budget, K < F; or VisionZip
+        dropped = target = kept[:0]  # with no contextual slot): dropped outright
     return Group((t, t + 1), t * n + kept, t * n + dropped, t * n + target, receivers)
 
 
