@@ -6,7 +6,8 @@ Ops (torch.ops.aot.*, schemas in csrc/schemas.cpp) and their Python API:
     sinkhorn(C, anchor_weight=None, source_weight=None, *, eps, max_iter, tol, ...)
     sinkhorn_aggregate(anchors, sources, *, eps, lam, max_iter, tol, tau, keep, ...)
 
-Backends: "cpp" (compiled CPU kernels), "torch" (plain PyTorch), "auto" (cpp on CPU when built).
+Backends: "cpp" (compiled CPU kernels), "triton" (CUDA; CPU under TRITON_INTERPRET=1), "torch"
+(plain PyTorch), "auto" (cpp on CPU when built, triton on CUDA when installed).
 The contract is SPEC.md; reference/ holds the float64 NumPy reference that judges every backend.
 """
 from . import clips, flops
@@ -15,6 +16,13 @@ from .ops import EXTENSION_ERROR, HAS_EXTENSION
 from .reducer import AOTReducer
 from .selection import Anchors, select_anchors
 from .video import ReducedVideo
+
+import torch as _torch
+
+from . import gpu
+
+if _torch.cuda.is_available():  # Triton kernels become the ops' CUDA implementation
+    gpu.register()
 
 __version__ = "0.1.0"
 

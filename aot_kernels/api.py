@@ -6,13 +6,14 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from . import composite, ops, validate
+from . import composite, gpu, ops, validate
 
 _warned_fallback = False
 
 
 def _resolve(backend: str, device: torch.device) -> str:
-    """"auto" -> "cpp" for CPU tensors when the extension is built, else "torch"."""
+    """"auto" -> "cpp" for CPU tensors when the extension is built, "triton" for CUDA tensors
+    when triton is installed, else "torch"."""
     global _warned_fallback
     validate.backend(backend)
     if backend == "cpp":
@@ -23,15 +24,31 @@ def _resolve(backend: str, device: torch.device) -> str:
         if device.type != "cpu":
             raise ValueError(f"backend='cpp' runs on CPU tensors, got tensors on {device}")
         return "cpp"
+    if backend == "triton":
+        if not gpu.HAS_TRITON:
+            raise RuntimeError(f"backend='triton' needs triton ({gpu.TRITON_ERROR}); "
+                               "`pip install triton` or use backend='torch'")
+        if device.type != "cuda" and not (device.type == "cpu" and gpu.interpreting()):
+            raise ValueError(f"backend='triton' runs on CUDA tensors (or on CPU tensors with "
+                             f"TRITON_INTERPRET=1), got tensors on {device}")
+        return "triton"
     if backend == "auto":
         if device.type == "cpu" and ops.HAS_EXTENSION:
             return "cpp"
+        if device.type == "cuda" and gpu.HAS_TRITON:
+            return "triton"
         if device.type == "cpu" and not _warned_fallback:
             _warned_fallback = True
             warnings.warn("aot_kernels: compiled extension unavailable "
                           f"({ops.EXTENSION_ERROR}); using the slower 'torch' backend",
                           RuntimeWarning, stacklevel=3)
     return "torch"
+
+
+def _through_op(device: torch.device) -> bool:
+    """Triton on CUDA goes through torch.ops.aot.* (autograd, fake kernels); on CPU under the
+    interpreter, or without the op schemas, the launchers are called directly (no autograd)."""
+    return device.type == "cuda" and gpu.register()
 
 
 class SinkhornResult(NamedTuple):
@@ -75,8 +92,11 @@ def cosine_cost(x: torch.Tensor, y: torch.Tensor, *, backend: str = "auto") -> t
     fp32; the result has the input dtype. A zero vector has cost 1 to everything.
     """
     validate.pair(x, y, "x", "y")
-    if _resolve(backend, x.device) == "cpp":
+    chosen = _resolve(backend, x.device)
+    if chosen == "cpp" or (chosen == "triton" and _through_op(x.device)):
         return torch.ops.aot.cosine_cost(x, y)
+    if chosen == "triton":
+        return gpu.cosine_cost(x, y)
     return composite.cosine_cost(x, y).to(x.dtype)
 
 
@@ -98,9 +118,12 @@ def sinkhorn(cost: torch.Tensor, anchor_weight: Optional[torch.Tensor] = None,
     validate.weight(anchor_weight, "anchor_weight", b, m, cost.device)
     validate.weight(source_weight, "source_weight", b, n, cost.device)
     validate.solver(eps, max_iter, tol)
-    if _resolve(backend, cost.device) == "cpp":
-        f, g, iterations, error = torch.ops.aot.sinkhorn(cost, anchor_weight, source_weight,
-                                                         float(eps), int(max_iter), float(tol))
+    chosen = _resolve(backend, cost.device)
+    args = (cost, anchor_weight, source_weight, float(eps), int(max_iter), float(tol))
+    if chosen == "cpp" or (chosen == "triton" and _through_op(cost.device)):
+        f, g, iterations, error = torch.ops.aot.sinkhorn(*args)
+    elif chosen == "triton":
+        f, g, iterations, error = gpu.sinkhorn(*args)
     else:
         cd = composite.compute_dtype(cost.dtype)
         a, s = composite.marginals(anchor_weight, source_weight, b, m, n, cd, cost.device)
@@ -135,8 +158,11 @@ def sinkhorn_aggregate(anchors: torch.Tensor, sources: torch.Tensor, *,
     args = (anchors, sources, anchor_weight, source_weight, float(eps), float(lam),
             int(max_iter), float(tol), None if tau is None else float(tau),
             None if keep is None else int(keep))
-    if _resolve(backend, anchors.device) == "cpp":
+    chosen = _resolve(backend, anchors.device)
+    if chosen == "cpp" or (chosen == "triton" and _through_op(anchors.device)):
         out = torch.ops.aot.sinkhorn_aggregate(*args)
+    elif chosen == "triton":
+        out = gpu.sinkhorn_aggregate(*args)
     else:
         out = composite.sinkhorn_aggregate(*args)
     transport = None

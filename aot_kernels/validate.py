@@ -8,7 +8,7 @@ import numbers
 
 import torch
 
-BACKENDS = ("auto", "cpp", "torch")
+BACKENDS = ("auto", "cpp", "torch", "triton")
 
 
 def _no_data(t: torch.Tensor) -> bool:

@@ -1,0 +1,28 @@
+"""Launch-side helpers shared by the Triton kernels."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def interpreting() -> bool:
+    """TRITON_INTERPRET=1: kernels run on CPU tensors in NumPy (CI has no GPU)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def next_pow2(v: int) -> int:
+    """tl.arange needs powers of two, tl.dot at least 16."""
+    return max(16, 1 << (max(int(v), 1) - 1).bit_length())
+
+
+def dot_flags(dtype: torch.dtype):
+    """(NATIVE_DOT, TF32) for the cost's tl.dot. fp16/bf16 go to tensor cores as they are (their
+    products are exact in the fp32 accumulator); fp32 uses IEEE fp32 unless the caller allowed
+    TF32 (torch.backends.cuda.matmul.allow_tf32). The interpreter computes bf16 wrongly, so it
+    always gets fp32 operands."""
+    if interpreting():
+        return False, False
+    if dtype in (torch.float16, torch.bfloat16):
+        return True, False
+    return False, bool(torch.backends.cuda.matmul.allow_tf32)

@@ -1,0 +1,143 @@
+"""Triton kernels against the float64 reference and the C++ backend, on CPU through the Triton
+interpreter (TRITON_INTERPRET=1 is set in conftest.py before triton is imported). Both paths run:
+on chip (one program per problem) and streaming (forced with onchip_max=1). Shapes are small: the
+interpreter runs programs one by one in NumPy."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import aot_kernels as ak
+from aot_kernels import gpu
+from reference import ot_reference as R
+from samples import ABS, ATOL, MULT, Sample, inputs, kwargs, max_err, reference, stack
+
+pytestmark = pytest.mark.skipif(not gpu.HAS_TRITON, reason=f"triton unavailable: {gpu.TRITON_ERROR}")
+
+if gpu.HAS_TRITON:
+    from aot_kernels.gpu import sinkhorn_kernels as K
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+PATHS = {"onchip": 256 * 256, "stream": 1}
+SAMPLES = [
+    Sample(2, 5, 7, 12),                                  # odd sizes
+    Sample(2, 17, 9, 70, eps=0.01, max_iter=50),          # M > N, D over two tiles, eps 0.01
+    Sample(2, 9, 14, 20, weights="pad", keep=4),          # padding, keep-count mode
+    Sample(3, 6, 10, 8, tol=1e-5, max_iter=300),          # per-problem early stop
+    Sample(2, 9, 14, 5, tau=0.5, weights="random"),       # threshold mode, uneven weights
+]
+FIELDS = ("tokens", "mass", "confidence", "distance", "f", "g")
+
+
+def run(sample, dtype, path):
+    x, y, aw, sw = inputs(sample, dtype)
+    out = K.sinkhorn_aggregate(x, y, aw, sw, sample.eps, 1.0, sample.max_iter, sample.tol,
+                               sample.tau, sample.keep, onchip_max=PATHS[path])
+    return ak.AggregateResult(*out, None)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda s: s.name)
+def test_fused_kernel_matches_reference(sample, dtype, path):
+    ref = reference(sample, dtype)
+    x, y, aw, sw = inputs(sample, dtype)
+    torch_out = ak.sinkhorn_aggregate(x, y, anchor_weight=aw, source_weight=sw, backend="torch",
+                                      **kwargs(sample))
+    cpp_out = ak.sinkhorn_aggregate(x, y, anchor_weight=aw, source_weight=sw, backend="cpp",
+                                    **kwargs(sample))
+    out = run(sample, dtype, path)
+    for name in FIELDS:
+        expected = stack(ref, name)
+        baseline = max_err(getattr(torch_out, name), expected)
+        assert baseline <= ABS[dtype]
+        value = getattr(out, name)
+        assert value.dtype == dtype and value.shape == expected.shape, name
+        err = max_err(value, expected)
+        assert err <= MULT[dtype] * baseline + ATOL[dtype], f"{name}: {err:.3g} vs torch {baseline:.3g}"
+        # and against the C++ kernel, on the same rule
+        assert max_err(value, getattr(cpp_out, name).double().numpy()) <= 2 * (
+            MULT[dtype] * baseline + ATOL[dtype]), name
+    assert out.kept.dtype == torch.bool and out.iterations.dtype == torch.int64
+    if sample.keep is not None:
+        assert (out.kept.sum(1) == sample.keep).all()
+        if dtype == torch.float32:
+            assert np.array_equal(out.kept.numpy(), stack(ref, "kept").astype(bool))
+    if sample.tau is not None and dtype == torch.float32:
+        assert np.array_equal(out.kept.numpy(), stack(ref, "kept").astype(bool))
+    ref_iters = np.array([r.iterations for r in ref])
+    if sample.tol == 0:
+        assert (out.iterations == sample.max_iter).all()
+    else:  # the stopping test sees fp32 rounding: within one iteration of the reference
+        assert np.abs(out.iterations.numpy() - ref_iters).max() <= 1
+        assert (out.error.float() < sample.tol * 1.01).all()
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("sample", [SAMPLES[0], SAMPLES[2], SAMPLES[3]], ids=lambda s: s.name)
+def test_sinkhorn_on_a_given_cost_matches_reference(sample, path):
+    x, y, aw, sw = inputs(sample)
+    cost64 = R.batched_cosine_cost(x.numpy(), y.numpy())
+    ref = R.batched_sinkhorn(cost64, None if aw is None else aw.numpy(),
+                             None if sw is None else sw.numpy(), eps=sample.eps,
+                             max_iter=sample.max_iter, tol=sample.tol)
+    cost = torch.from_numpy(cost64).float()
+    f, g, iterations, error = K.sinkhorn(cost, aw, sw, sample.eps, sample.max_iter, sample.tol,
+                                         onchip_max=PATHS[path])
+    assert max_err(f, stack(ref, "f")) < 2e-5 and max_err(g, stack(ref, "g")) < 2e-5
+    assert np.abs(iterations.numpy() - np.array([r.iterations for r in ref])).max() <= 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cosine_cost_matches_reference(dtype):
+    x, y, _, _ = inputs(Sample(2, 19, 37, 70), dtype)
+    ref = R.batched_cosine_cost(x.double().numpy(), y.double().numpy())
+    out = ak.cosine_cost(x, y, backend="triton")
+    base = max_err(ak.cosine_cost(x, y, backend="torch"), ref)
+    assert out.dtype == dtype and max_err(out, ref) <= MULT[dtype] * base + ATOL[dtype]
+    assert torch.equal(ak.cosine_cost(torch.zeros(1, 1, 4), torch.ones(1, 2, 4), backend="triton"),
+                       torch.ones(1, 1, 2))  # a zero vector has cost 1 (SPEC §1)
+
+
+def test_padding_is_inert_and_problems_stop_independently():
+    s = Sample(3, 6, 10, 8, tol=1e-5, max_iter=300)
+    x, y, _, _ = inputs(s, torch.float32)
+    aw = torch.full((3, 8), 1 / 6)  # the default probabilities on the real rows, 0 on padding
+    aw[:, 6:] = 0
+    sw = torch.full((3, 13), 1 / 10)
+    sw[:, 10:] = 0
+    xp = torch.cat([x, torch.randn(3, 2, 8)], 1)
+    yp = torch.cat([y, torch.randn(3, 3, 8)], 1)
+    for om in PATHS.values():
+        plain = K.sinkhorn_aggregate(x, y, None, None, s.eps, 1.0, s.max_iter, s.tol, onchip_max=om)
+        padded = K.sinkhorn_aggregate(xp, yp, aw, sw, s.eps, 1.0, s.max_iter, s.tol, onchip_max=om)
+        torch.testing.assert_close(padded[0][:, :6], plain[0], rtol=0, atol=2e-6)
+        assert torch.isinf(padded[6][:, 6:]).all() and torch.isinf(padded[7][:, 10:]).all()
+        assert torch.equal(padded[5], plain[5]) and len(set(plain[5].tolist())) > 1
+
+
+def test_api_backend_triton_and_reducer():
+    x, y, _, _ = inputs(Sample(2, 5, 7, 12), torch.float32)
+    got = ak.sinkhorn_aggregate(x, y, backend="triton")
+    want = ak.sinkhorn_aggregate(x, y, backend="cpp")
+    torch.testing.assert_close(got.tokens, want.tokens, rtol=0, atol=2e-6)
+    g = torch.Generator().manual_seed(0)
+    feats, scores = torch.randn(5, 16, 8, generator=g), torch.rand(5, 16, generator=g)
+    a = ak.AOTReducer(0.3, clip_len=3, max_iter=30, backend="triton")(feats, scores)
+    b = ak.AOTReducer(0.3, clip_len=3, max_iter=30, backend="cpp")(feats, scores)
+    assert torch.equal(a.positions, b.positions)
+    torch.testing.assert_close(a.tokens, b.tokens, rtol=0, atol=1e-5)
+
+
+def test_triton_backend_needs_cuda_or_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        ak.sinkhorn_aggregate(torch.randn(1, 2, 3), torch.randn(1, 2, 3), backend="triton")
+
+
+def test_float64_is_served_exactly_by_the_torch_path():
+    s = Sample(2, 5, 7, 12)
+    x, y, aw, sw = inputs(s)
+    out = K.sinkhorn_aggregate(x, y, aw, sw, s.eps, 1.0, s.max_iter, s.tol)
+    assert max_err(out[0], stack(reference(s), "tokens")) < 1e-9
