@@ -13,13 +13,14 @@ BUILT := $(VENV)/.extension-built
 CXX_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h) csrc/sources.txt setup.py
 CMAKE_DIR := build/cmake
 
-.PHONY: demo test test-py test-cpp bench clean
+.PHONY: demo test test-py test-cpp bench bench-gpu clean
 
 $(DEPS): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check $(TORCH_PIP_FLAGS) "$(TORCH_SPEC)"
 	$(PIP) install -q --disable-pip-version-check numpy setuptools wheel ninja cmake \
-		pytest hypothesis expecttest pytest-benchmark POT matplotlib scikit-image
+		pytest hypothesis expecttest pytest-benchmark POT matplotlib scikit-image \
+		"triton==3.9.0"
 	touch $@
 
 $(BUILT): $(DEPS) $(CXX_SOURCES)
@@ -42,6 +43,10 @@ test-cpp: $(DEPS)
 
 bench: $(BUILT)
 	$(PY) -m aot_kernels bench --json bench.json --plot bench.png
+
+# Triton kernels vs the torch backend on a CUDA GPU (needs a CUDA build of torch: TORCH_SPEC/TORCH_PIP_FLAGS).
+bench-gpu: $(BUILT)
+	$(PY) benchmarks/bench_gpu.py --json bench_gpu.json
 
 clean:
 	rm -rf build $(VENV) aot_kernels/*.so *.egg-info

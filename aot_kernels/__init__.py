@@ -5,13 +5,15 @@ Ops (torch.ops.aot.*, schemas in csrc/schemas.cpp) and their Python API:
     cosine_cost(x [B,M,D], y [B,N,D]) -> C [B,M,N]
     sinkhorn(C, anchor_weight=None, source_weight=None, *, eps, max_iter, tol, ...)
     sinkhorn_aggregate(anchors, sources, *, eps, lam, max_iter, tol, tau, keep, ...)
+    clip_aggregate(frames [C,L,M,D], lengths, sizes, *, tau | keep, ...)   (SPEC §5, whole clips)
 
 Backends: "cpp" (compiled CPU kernels), "triton" (CUDA; CPU under TRITON_INTERPRET=1), "torch"
 (plain PyTorch), "auto" (cpp on CPU when built, triton on CUDA when installed).
 The contract is SPEC.md; reference/ holds the float64 NumPy reference that judges every backend.
 """
 from . import clips, flops
-from .api import AggregateResult, SinkhornResult, cosine_cost, sinkhorn, sinkhorn_aggregate
+from .api import (AggregateResult, ClipResult, SinkhornResult, clip_aggregate, cosine_cost,
+                  sinkhorn, sinkhorn_aggregate)
 from .ops import EXTENSION_ERROR, HAS_EXTENSION
 from .reducer import AOTReducer
 from .selection import Anchors, select_anchors
@@ -27,7 +29,8 @@ if _torch.cuda.is_available():  # Triton kernels become the ops' CUDA implementa
 __version__ = "0.1.0"
 
 __all__ = [
-    "AggregateResult", "SinkhornResult", "cosine_cost", "sinkhorn", "sinkhorn_aggregate",
+    "AggregateResult", "SinkhornResult", "ClipResult", "cosine_cost", "sinkhorn",
+    "sinkhorn_aggregate", "clip_aggregate",
     "Anchors", "select_anchors", "clips", "flops", "AOTReducer", "ReducedVideo",
     "HAS_EXTENSION", "EXTENSION_ERROR", "__version__",
 ]

@@ -169,3 +169,98 @@ def sinkhorn_aggregate(anchors: torch.Tensor, sources: torch.Tensor, *,
     if return_plan:
         transport = _plan(composite.cosine_cost(anchors, sources), out[6], out[7], eps)
     return AggregateResult(*out, transport)
+
+
+class ClipResult(NamedTuple):
+    """anchors [C,M,D]: each clip's anchors after absorbing its frames. sizes [C,M]: original
+    tokens each anchor stands for. kept [C,L,M] bool: dynamic tokens of each frame (frame 0 and
+    frames past a clip's length: False). confidence [C,L,M]: q_i of each frame's tokens."""
+    anchors: torch.Tensor
+    sizes: torch.Tensor
+    kept: torch.Tensor
+    confidence: torch.Tensor
+
+
+def _clip_inputs(frames, lengths, sizes, anchor_weight, keep, tau):
+    validate.features(frames, "frames", rank=4, what="[C, L, M, D]")
+    c, length, m, d = frames.shape
+    if min(c, length, m, d) == 0:
+        raise ValueError(f"frames is empty: shape {list(frames.shape)}")
+    validate.finite(frames, "frames")
+    dev = frames.device
+    lengths = torch.full((c,), length, dtype=torch.int64, device=dev) if lengths is None else \
+        torch.as_tensor(lengths, device=dev)
+    if lengths.shape != (c,) or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths must be {c} integers, got {lengths.dtype} of shape {list(lengths.shape)}")
+    if bool(((lengths < 1) | (lengths > length)).any()):
+        raise ValueError(f"lengths must be in [1, L={length}], got {lengths.tolist()}")
+    sdt = torch.float64 if frames.dtype == torch.float64 else torch.float32
+    if sizes is None:
+        sizes = torch.ones(c, length, m, dtype=sdt, device=dev)
+    else:
+        validate.features(sizes, "sizes", rank=3, what=f"[C={c}, L={length}, M={m}]")
+        if sizes.shape != (c, length, m):
+            raise ValueError(f"sizes must have shape [{c}, {length}, {m}], got {list(sizes.shape)}")
+        validate.finite(sizes, "sizes")
+    validate.weight(anchor_weight, "anchor_weight", c, m, dev)
+    if tau is not None and keep is not None:
+        raise ValueError("give tau (threshold mode) or keep (keep-count mode), not both")
+    if tau is None:
+        keep = torch.zeros(c, length, dtype=torch.int64, device=dev) if keep is None else \
+            torch.as_tensor(keep, device=dev)
+        if keep.shape != (c, length) or keep.dtype.is_floating_point or keep.dtype == torch.bool:
+            raise ValueError(f"keep must be [C={c}, L={length}] integer counts, got {keep.dtype} "
+                             f"of shape {list(keep.shape)}")
+        if bool(((keep < 0) | (keep > m)).any()):
+            raise ValueError(f"keep counts must be in [0, M={m}]")
+    return lengths, sizes, keep
+
+
+def clip_aggregate(frames: torch.Tensor, lengths=None, sizes: Optional[torch.Tensor] = None, *,
+                   anchor_weight: Optional[torch.Tensor] = None, eps: float = 0.1,
+                   lam: float = 1.0, max_iter: int = 100, tol: float = 0.0,
+                   tau: Optional[float] = None, keep=None, backend: str = "auto") -> ClipResult:
+    """Inter-frame aggregation of whole clips (SPEC §5): all clips at once, frames in order.
+
+    frames [C,L,M,D]: each clip's intra-frame tokens, frame 0 being its anchors; clip c uses its
+    first lengths[c] frames (default all L; the rest is padding, never read). sizes [C,L,M]:
+    original tokens each token stands for (default 1). anchor_weight [C,M]: anchor marginals
+    (default uniform probabilities); each frame's M tokens share the same total uniformly. At
+    step l the anchors absorb frame l: tokens with confidence below `tau`, or the keep[c, l]
+    lowest (keep: [C,L] counts), stay dynamic; the rest are merged with weights p_ij (lam).
+    Neither tau nor keep: every token is merged. On "triton" one program per clip runs the
+    whole scan; otherwise each step is one batched sinkhorn_aggregate call over the clips.
+    Not differentiable.
+    """
+    lengths, sizes, keep = _clip_inputs(frames, lengths, sizes, anchor_weight, keep, tau)
+    validate.solver(eps, max_iter, tol)
+    validate.aggregation(lam, tau, None, None, 1)
+    c, length, m, _ = frames.shape
+    chosen = _resolve(backend, frames.device)
+    if chosen == "triton" and frames.dtype != torch.float64 and m <= 256:
+        return ClipResult(*gpu.clip_aggregate(frames, lengths, sizes, anchor_weight, eps, lam,
+                                              max_iter, tol, tau, keep))
+    anchors, anchor_sizes = frames[:, 0].clone(), sizes[:, 0].clone()
+    kept = torch.zeros(c, length, m, dtype=torch.bool, device=frames.device)
+    confidence = torch.zeros(c, length, m, dtype=frames.dtype, device=frames.device)
+    steps = lengths.tolist()
+    counts = None if keep is None else keep.tolist()
+    for step in range(1, length):
+        groups = {}
+        for k in range(c):
+            if step < steps[k]:
+                groups.setdefault(None if counts is None else counts[k][step], []).append(k)
+        for count, members in groups.items():
+            idx = torch.tensor(members, device=frames.device)
+            out = sinkhorn_aggregate(anchors[idx], frames[idx, step],
+                                     anchor_weight=None if anchor_weight is None else anchor_weight[idx],
+                                     eps=eps, lam=lam, max_iter=max_iter, tol=tol, tau=tau,
+                                     keep=count, return_plan=True, backend=chosen)
+            plan = out.plan.to(anchor_sizes.dtype)
+            p_ij = plan / plan.sum(1, keepdim=True).clamp_min(torch.finfo(plan.dtype).tiny)
+            stable = torch.where(out.kept, 0.0, sizes[idx, step])
+            anchor_sizes[idx] += torch.bmm(p_ij, stable.unsqueeze(2)).squeeze(2)
+            anchors[idx] = out.tokens
+            kept[idx, step] = out.kept
+            confidence[idx, step] = out.confidence
+    return ClipResult(anchors, anchor_sizes, kept, confidence)

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from . import validate
-from .api import sinkhorn_aggregate
+from .api import clip_aggregate, sinkhorn_aggregate
 from .clips import DYNAMIC_NUM_CLIPS, DYNAMIC_THRESHOLD, dynamic_clips, uniform_clips
 from .selection import _check_pair, select_anchors
 from .video import (Clip, ReducedVideo, Video, as_videos, finish, grid_of, received_sizes,
@@ -287,58 +287,44 @@ class AOTReducer:
                 anchor_idx[b] = picked.anchors[start:start + f]
                 start += f
 
-        # Stage 3: inter-frame folding; every clip's step l at once, grouped by (M, quota).
-        state = {}  # (video, clip) -> [anchor tokens [M,D], sizes [M]]
-        dynamic = {}  # (video, clip) -> list of (tokens [k,D], sizes [k], frame, anchor positions [k])
-        for b, p in enumerate(plans):
-            for c, (s, _) in enumerate(p.clips):
-                state[b, c] = [frame_tokens[b][s], frame_sizes[b][s]]
-                dynamic[b, c] = []
-        longest = max(e - s for p in plans for s, e in p.clips)
-        for step in range(1, longest):
-            groups: Dict[tuple, list] = {}
-            for b, p in enumerate(plans):
-                for c, (s, e) in enumerate(p.clips):
-                    if s + step < e:
-                        keep = None if p.keep is None else p.keep[s + step]
-                        groups.setdefault((p.anchors, keep), []).append((b, c, s + step))
-            for (m, keep), items in groups.items():
-                a = torch.stack([state[b, c][0] for b, c, _ in items])
-                a_sizes = torch.stack([state[b, c][1] for b, c, _ in items])
-                y = torch.stack([frame_tokens[b][t] for b, _, t in items])
-                y_sizes = torch.stack([frame_sizes[b][t] for b, _, t in items])
-                out = sinkhorn_aggregate(a, y, anchor_weight=self._weights(len(items), m, a),
-                                         eps=self.eps, lam=self.lam_inter, max_iter=self.max_iter,
-                                         tol=self.tol, tau=self.tau, keep=keep, return_plan=True,
-                                         backend=self.backend)
-                plan = out.plan.to(sdt)
-                p_ij = plan / plan.sum(1, keepdim=True).clamp_min(torch.finfo(sdt).tiny)
-                stable_sizes = torch.where(out.kept, 0.0, y_sizes)
-                new_sizes = a_sizes + torch.bmm(p_ij, stable_sizes.unsqueeze(2)).squeeze(2)
-                for k, (b, c, t) in enumerate(items):
-                    state[b, c] = [out.tokens[k], new_sizes[k]]
-                    kept = out.kept[k]
-                    if bool(kept.any()):
-                        dynamic[b, c].append((y[k][kept], y_sizes[k][kept], t, anchor_idx[b][t][kept]))
+        # Stage 3: inter-frame folding of every clip of every video at once (per anchor count).
+        pieces: Dict[int, list] = {b: [] for b in range(len(videos))}
+        for m in sorted({p.anchors for p in plans}):
+            items = [(b, s, e) for b, p in enumerate(plans) if p.anchors == m for s, e in p.clips]
+            longest = max(e - s for _, s, e in items)
+            frames = feats0.new_zeros(len(items), longest, m, d)
+            sizes = torch.zeros(len(items), longest, m, dtype=sdt, device=device)
+            index = torch.zeros(len(items), longest, m, dtype=torch.long, device=device)
+            keep = None if self.tau is not None else [[0] * longest for _ in items]
+            for k, (b, s, e) in enumerate(items):
+                frames[k, :e - s] = frame_tokens[b][s:e]
+                sizes[k, :e - s] = frame_sizes[b][s:e]
+                index[k, :e - s] = anchor_idx[b][s:e]
+                if keep is not None:
+                    keep[k][:e - s] = plans[b].keep[s:e]
+            out = clip_aggregate(frames, [e - s for _, s, e in items], sizes,
+                                 anchor_weight=self._weights(len(items), m, frames), eps=self.eps,
+                                 lam=self.lam_inter, max_iter=self.max_iter, tol=self.tol,
+                                 tau=self.tau, keep=keep, backend=self.backend)
+            for k, (b, s, e) in enumerate(items):
+                # Anchors sit at the clip's first frame; dynamic tokens by (frame, position).
+                steps, slots = torch.nonzero(out.kept[k], as_tuple=True)
+                frame = s + steps
+                pieces[b].append((s, torch.cat([out.anchors[k], frames[k, steps, slots]]),
+                                  torch.cat([out.sizes[k], sizes[k, steps, slots]]),
+                                  torch.cat([torch.full_like(index[k, 0], s), frame]),
+                                  torch.cat([index[k, 0], index[k, steps, slots]]),
+                                  torch.cat([torch.zeros(m, dtype=torch.bool, device=device),
+                                             torch.ones(len(steps), dtype=torch.bool, device=device)])))
         self._tick(stats, "inter_ms", t0, device)
 
         results = []
         for b, p in enumerate(plans):
-            toks, fids, pos, sizes, dyn = [], [], [], [], []
-            for c, (s, _) in enumerate(p.clips):
-                pieces = [(state[b, c][0], state[b, c][1], s, anchor_idx[b][s], False)]
-                pieces += [(tk, sz, t, ix, True) for tk, sz, t, ix in dynamic[b, c]]
-                for tk, sz, t, ix, is_dyn in pieces:
-                    toks.append(tk)
-                    sizes.append(sz)
-                    fids.append(torch.full_like(ix, t))
-                    pos.append(t * n + ix)
-                    dyn.append(torch.full(ix.shape, is_dyn, dtype=torch.bool, device=device))
-            frames = videos[b].frames
-            video_stats = dict(stats, tokens_in=frames * n, tokens_after_intra=frames * p.anchors,
-                               tokens_out=sum(len(x) for x in toks), anchors_per_frame=p.anchors,
-                               clips=len(p.clips))
-            results.append(ReducedVideo(torch.cat(toks), torch.cat(fids), torch.cat(pos),
-                                        torch.cat(sizes), torch.cat(dyn), list(p.clips), hw,
+            ordered = sorted(pieces[b], key=lambda piece: piece[0])  # clip order
+            toks, sizes_, fids, idx, dyn = (torch.cat([q[i] for q in ordered]) for i in range(1, 6))
+            frames_b = videos[b].frames
+            video_stats = dict(stats, tokens_in=frames_b * n, tokens_after_intra=frames_b * p.anchors,
+                               tokens_out=len(toks), anchors_per_frame=p.anchors, clips=len(p.clips))
+            results.append(ReducedVideo(toks, fids, fids * n + idx, sizes_, dyn, list(p.clips), hw,
                                         video_stats))
         return results

@@ -114,3 +114,24 @@ def test_direct_op_call_raises_value_error():
         torch.ops.aot.cosine_cost(x, torch.randn(2, 4, 7))
     with pytest.raises(ValueError, match="source_weight"):
         torch.ops.aot.sinkhorn(torch.rand(2, 3, 4), None, -torch.ones(2, 4), 0.1, 10, 0.0)
+
+
+def test_clip_aggregate_bad_inputs_are_named():
+    frames = torch.randn(2, 3, 4, 5)
+    cases = [
+        (dict(frames=frames[0]), ValueError, "frames"),
+        (dict(lengths=[1, 4]), ValueError, "lengths"),
+        (dict(lengths=[1.0, 2.0]), ValueError, "lengths"),
+        (dict(sizes=torch.ones(2, 3, 5)), ValueError, "sizes"),
+        (dict(keep=[[0, 1, 1]]), ValueError, "keep"),
+        (dict(keep=[[0, 1, 5], [0, 0, 0]]), ValueError, "keep counts"),
+        (dict(keep=[[0, 1, 1], [0, 0, 0]], tau=0.5), ValueError, "not both"),
+        (dict(tau=2.0), ValueError, "tau"),
+        (dict(anchor_weight=-torch.ones(2, 4)), ValueError, "negative"),
+        (dict(eps=0.0), ValueError, "eps"),
+    ]
+    for kw, exc, match in cases:
+        kw = dict(kw)
+        x = kw.pop("frames", frames)
+        with pytest.raises(exc, match=match):
+            ak.clip_aggregate(x, **kw)

@@ -141,3 +141,51 @@ def test_float64_is_served_exactly_by_the_torch_path():
     x, y, aw, sw = inputs(s)
     out = K.sinkhorn_aggregate(x, y, aw, sw, s.eps, 1.0, s.max_iter, s.tol)
     assert max_err(out[0], stack(reference(s), "tokens")) < 1e-9
+
+
+CLIP_MODES = [dict(keep=[[0, 2, 1, 3], [0, 1, 0, 0], [0, 0, 4, 2]]), dict(tau=0.3), dict()]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("mode", CLIP_MODES, ids=["keep", "tau", "merge-all"])
+@pytest.mark.parametrize("unit", [False, True], ids=["probability", "unit"])
+def test_clip_kernel_matches_the_step_loop(mode, unit, dtype):
+    """One program per clip scanning its frames == one batched call per step (C++ backend),
+    with clips of different lengths (padding frames are never read)."""
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(3, 1, 7, 12, generator=g)
+    frames = (base + 0.6 * torch.randn(3, 4, 7, 12, generator=g)).to(dtype)
+    frames[1, 2:] = float("nan")  # beyond clip 1's length: must not be read
+    sizes = 1 + torch.rand(3, 4, 7, generator=g)
+    kw = dict(mode, anchor_weight=torch.ones(3, 7) if unit else None, max_iter=60,
+              lengths=[4, 2, 3], sizes=sizes)
+    clean = frames.nan_to_num(0.0)
+    got = ak.clip_aggregate(clean, backend="triton", **kw)
+    # The kernel itself never reads past a clip's length (the public API rejects NaN anywhere).
+    keep = None if "keep" not in mode else torch.tensor(mode["keep"])
+    raw = K.clip_aggregate(frames, torch.tensor([4, 2, 3]), sizes, kw["anchor_weight"], 0.1, 1.0,
+                           60, 0.0, mode.get("tau"), keep if "tau" in mode else
+                           (keep if keep is not None else torch.zeros(3, 4, dtype=torch.long)))
+    assert torch.equal(raw[0], got.anchors) and torch.equal(raw[2], got.kept)
+    want = ak.clip_aggregate(clean, backend="cpp", **kw)  # same dtype: both round every step
+    tol = dict(rtol=0, atol=2e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got.anchors.float(), want.anchors.float(), **tol)
+    torch.testing.assert_close(got.sizes.float(), want.sizes.float(), rtol=tol["rtol"],
+                               atol=10 * tol["atol"])
+    if dtype == torch.float32:
+        assert torch.equal(got.kept, want.kept)
+        torch.testing.assert_close(got.confidence, want.confidence, rtol=0, atol=1e-5)
+    assert not got.kept[1, 2:].any() and not got.kept[:, 0].any()
+    if "keep" in mode:
+        counts = torch.tensor(mode["keep"])
+        counts[1, 2:] = 0
+        counts[2, 3:] = 0
+        assert torch.equal(got.kept.sum(2), counts)
+
+
+def test_launchers_are_the_ops_cuda_kernels():
+    """On CUDA tensors torch.ops.aot.* dispatch to Triton (autograd and fake kernels are the
+    device-independent ones of ops.py)."""
+    assert gpu.register()
+    for op in ("cosine_cost", "sinkhorn", "sinkhorn_aggregate"):
+        assert "\nCUDA: registered" in torch._C._dispatch_dump(f"aot::{op}"), op

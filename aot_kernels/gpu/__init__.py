@@ -41,6 +41,11 @@ def sinkhorn_aggregate(anchors, sources, anchor_weight, source_weight, eps, lam,
                                             lam, max_iter, tol, tau, keep)
 
 
+def clip_aggregate(frames, lengths, sizes, anchor_weight, eps, lam, max_iter, tol, tau, keep):
+    return _sinkhorn_mod.clip_aggregate(frames, lengths, sizes, anchor_weight, eps, lam, max_iter,
+                                        tol, tau, keep)
+
+
 def register() -> bool:
     """Register the launchers as the ops' CUDA kernels (once). False when triton is missing or
     the op schemas are (no compiled extension)."""

@@ -34,6 +34,56 @@ def _lse(z, axis: tl.constexpr):
 
 
 @triton.jit
+def _solve(scaled, a, s, eps, max_iter, tol, BLOCK_M: tl.constexpr):
+    """Log-domain Sinkhorn (SPEC §2) on a cost held in registers (scaled = C / eps): start g = 0,
+    update f then g, stop when the L1 row error < tol or after max_iter. Returns f, g,
+    iterations, error. Zero weights are padding (-inf potentials)."""
+    inv_eps = 1.0 / eps
+    live_m = a > 0
+    live_n = s > 0
+    log_a = tl.where(live_m, tl.log(tl.where(live_m, a, 1.0)), NEG_INF)  # log 0 = -inf, quietly
+    log_s = tl.where(live_n, tl.log(tl.where(live_n, s, 1.0)), NEG_INF)
+    f = tl.zeros([BLOCK_M], dtype=tl.float32)
+    g = tl.where(live_n, 0.0, NEG_INF)
+    lse_rows = _lse(tl.where(live_n[None, :], g[None, :] * inv_eps - scaled, NEG_INF), 1)
+    err = tl.sum(tl.zeros([BLOCK_M], dtype=tl.float32), 0) + float("inf")
+    it = 0
+    while (it < max_iter) & (err >= tol):
+        f = tl.where(live_m, eps * (log_a - lse_rows), NEG_INF)
+        lse_cols = _lse(tl.where(live_m[:, None], f[:, None] * inv_eps - scaled, NEG_INF), 0)
+        g = tl.where(live_n, eps * (log_s - lse_cols), NEG_INF)
+        it += 1
+        # The next row pass's LSE gives this iterate's row sums: sum_i T_ji = exp(f_j/eps + LSE_j).
+        lse_rows = _lse(tl.where(live_n[None, :], g[None, :] * inv_eps - scaled, NEG_INF), 1)
+        err = tl.sum(tl.where(live_m, tl.abs(tl.exp(f * inv_eps + lse_rows) - a), 0.0), 0)
+    return f, g, it, err
+
+
+@triton.jit
+def _fold_weights(plan, live_n, rn, tau, keep, MODE: tl.constexpr):
+    """From the plan [BM,BN]: confidence q_i = max_j T_ji / sum_j T_ji, the kept (dynamic)
+    sources, and the folding weights W: T (intra, MODE 1), or p_ij on the stable sources
+    (MODE 2: q < tau dynamic; MODE 3: the `keep` lowest q, ties to the lower index)."""
+    column = tl.sum(plan, 0)
+    ok = live_n & (column > 0)
+    inv_col = tl.where(ok, 1.0 / tl.where(ok, column, 1.0), 0.0)
+    confidence = tl.max(plan, 0) * inv_col
+    if MODE == 1:
+        weight = plan
+        kept = rn < 0
+    else:
+        if MODE == 2:
+            kept = live_n & (confidence < tau)
+        else:
+            qi = confidence[:, None]
+            qk = confidence[None, :]
+            before = ((qk < qi) | ((qk == qi) & (rn[None, :] < rn[:, None]))) & live_n[None, :]
+            kept = live_n & (tl.sum(before.to(tl.int32), 1) < keep)
+        weight = plan * tl.where(kept, 0.0, inv_col)[None, :]
+    return weight, kept, confidence
+
+
+@triton.jit
 def _fused_kernel(X, Y, COST, A, S,
                   TOK, MASS, CONF, KEPT, DIST, ITERS, F, G, ERR,
                   M, N, D, eps, lam, max_iter, tol, tau, keep,
@@ -59,22 +109,7 @@ def _fused_kernel(X, Y, COST, A, S,
         cost = cosine_from_dot(acc, xn, yn)
     inv_eps = 1.0 / eps
     scaled = cost * inv_eps
-    log_a = tl.where(live_m, tl.log(tl.where(live_m, a, 1.0)), NEG_INF)  # log 0 = -inf, quietly
-    log_s = tl.where(live_n, tl.log(tl.where(live_n, s, 1.0)), NEG_INF)
-
-    # Log-domain Sinkhorn (SPEC §2): start g = 0, update f then g; per-problem stopping.
-    f = tl.zeros([BLOCK_M], dtype=tl.float32)
-    g = tl.where(live_n, 0.0, NEG_INF)
-    lse_rows = _lse(tl.where(live_n[None, :], g[None, :] * inv_eps - scaled, NEG_INF), 1)
-    err = tl.sum(tl.zeros([BLOCK_M], dtype=tl.float32), 0) + float("inf")
-    it = 0
-    while (it < max_iter) & (err >= tol):
-        f = tl.where(live_m, eps * (log_a - lse_rows), NEG_INF)
-        lse_cols = _lse(tl.where(live_m[:, None], f[:, None] * inv_eps - scaled, NEG_INF), 0)
-        g = tl.where(live_n, eps * (log_s - lse_cols), NEG_INF)
-        it += 1
-        lse_rows = _lse(tl.where(live_n[None, :], g[None, :] * inv_eps - scaled, NEG_INF), 1)
-        err = tl.sum(tl.where(live_m, tl.abs(tl.exp(f * inv_eps + lse_rows) - a), 0.0), 0)
+    f, g, it, err = _solve(scaled, a, s, eps, max_iter, tol, BLOCK_M)
     tl.store(F + b * M + rm, f, mask=in_m)
     tl.store(G + b * N + rn, g, mask=in_n)
     tl.store(ITERS + b, it.to(tl.int64))
@@ -84,42 +119,81 @@ def _fused_kernel(X, Y, COST, A, S,
         live = live_m[:, None] & live_n[None, :]
         plan = tl.where(live, tl.exp((f[:, None] + g[None, :]) * inv_eps - scaled), 0.0)
         tl.store(DIST + b, tl.sum(tl.sum(plan * cost, 1), 0))
-        column = tl.sum(plan, 0)
-        ok = live_n & (column > 0)
-        inv_col = tl.where(ok, 1.0 / tl.where(ok, column, 1.0), 0.0)
-        confidence = tl.max(plan, 0) * inv_col
+        weight, kept, confidence = _fold_weights(plan, live_n, rn, tau, keep, MODE)
         tl.store(CONF + b * N + rn, confidence, mask=in_n)
-        if MODE == 1:
-            weight = plan
-            kept = rn < 0
-        else:
-            if MODE == 2:
-                kept = live_n & (confidence < tau)
-            else:  # the `keep` lowest confidences among live sources, ties to the lower index
-                qi = confidence[:, None]
-                qk = confidence[None, :]
-                before = ((qk < qi) | ((qk == qi) & (rn[None, :] < rn[:, None]))) & live_n[None, :]
-                rank = tl.sum(before.to(tl.int32), 1)
-                kept = live_n & (rank < keep)
-            weight = plan * tl.where(kept, 0.0, inv_col)[None, :]
         tl.store(KEPT + b * N + rn, kept.to(tl.int8), mask=in_n)
         mass = tl.sum(weight, 1)
         tl.store(MASS + b * M + rm, mass, mask=in_m)
-        denom = 1.0 + lam * mass
-        for d0 in range(0, D, BLOCK_D):
-            rd = d0 + tl.arange(0, BLOCK_D)
-            in_d = rd < D
-            yt = tl.load(Y + b * N * D + rn[:, None] * D + rd[None, :],
-                         mask=in_n[:, None] & in_d[None, :], other=0.0).to(tl.float32)
-            xt = tl.load(X + b * M * D + rm[:, None] * D + rd[None, :],
-                         mask=in_m[:, None] & in_d[None, :], other=0.0).to(tl.float32)
-            if TF32:
-                folded = tl.dot(weight, yt, input_precision="tf32")
+        _fold_tokens(X, Y, TOK, b * M * D, b * N * D, b * M * D, weight, 1.0 + lam * mass, lam,
+                     rm, rn, M, N, D, TF32, BLOCK_D)
+
+
+@triton.jit
+def _fold_tokens(X, Y, OUT, xb, yb, ob, weight, denom, lam, rm, rn, M, N, D,
+                 TF32: tl.constexpr, BLOCK_D: tl.constexpr):
+    """out_j = (x_j + lam sum_i W_ji y_i) / denom_j over D in tiles (OUT may be X: each tile is
+    read before it is written)."""
+    in_m = rm < M
+    in_n = rn < N
+    for d0 in range(0, D, BLOCK_D):
+        rd = d0 + tl.arange(0, BLOCK_D)
+        in_d = rd < D
+        yt = tl.load(Y + yb + rn[:, None] * D + rd[None, :],
+                     mask=in_n[:, None] & in_d[None, :], other=0.0).to(tl.float32)
+        xt = tl.load(X + xb + rm[:, None] * D + rd[None, :],
+                     mask=in_m[:, None] & in_d[None, :], other=0.0).to(tl.float32)
+        if TF32:
+            folded = tl.dot(weight, yt, input_precision="tf32")
+        else:
+            folded = tl.dot(weight, yt, input_precision="ieee")
+        out = (xt + lam * folded) / denom[:, None]
+        tl.store(OUT + ob + rm[:, None] * D + rd[None, :], out.to(OUT.dtype.element_ty),
+                 mask=in_m[:, None] & in_d[None, :])
+
+
+@triton.jit
+def _clip_kernel(FRAMES, SIZES, ANCH, ASIZE, LENGTHS, KEEP, AW, KEPT, CONF,
+                 L, M, D, eps, lam, max_iter, tol, tau,
+                 HAS_AW: tl.constexpr, MODE: tl.constexpr, NATIVE_DOT: tl.constexpr,
+                 TF32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One clip per program (SPEC §5): its anchors (ANCH, initialised to the first frame) absorb
+    frames 1..length-1 in order, each step a fused cost + Sinkhorn + fold on chip. ANCH is
+    updated in place; a barrier orders one step's stores before the next step's loads."""
+    c = tl.program_id(0).to(tl.int64)
+    rm = tl.arange(0, BLOCK_M)
+    in_m = rm < M
+    if HAS_AW:
+        a = tl.load(AW + c * M + rm, mask=in_m, other=0.0)
+    else:
+        a = tl.where(in_m, 1.0 / M, 0.0)
+    s = tl.where(in_m, tl.sum(a, 0) / M, 0.0)  # uniform sources, balanced to the anchors' total
+    live = (a > 0)[:, None] & (s > 0)[None, :]
+    inv_eps = 1.0 / eps
+    sizes = tl.load(ASIZE + c * M + rm, mask=in_m, other=0.0)
+    length = tl.load(LENGTHS + c)
+    for step in range(1, L):
+        if step < length:
+            fb = (c * L + step) * M * D
+            acc, xn, yn = dot_tile(ANCH, FRAMES, M, M, D, rm, rm, c * M * D, fb,
+                                   NATIVE_DOT, TF32, BLOCK_M, BLOCK_M, BLOCK_D)
+            cost = cosine_from_dot(acc, xn, yn)
+            scaled = cost * inv_eps
+            f, g, it, err = _solve(scaled, a, s, eps, max_iter, tol, BLOCK_M)
+            plan = tl.where(live, tl.exp((f[:, None] + g[None, :]) * inv_eps - scaled), 0.0)
+            if MODE == 3:
+                count = tl.load(KEEP + c * L + step)
             else:
-                folded = tl.dot(weight, yt, input_precision="ieee")
-            out = (xt + lam * folded) / denom[:, None]
-            tl.store(TOK + b * M * D + rm[:, None] * D + rd[None, :],
-                     out.to(TOK.dtype.element_ty), mask=in_m[:, None] & in_d[None, :])
+                count = 0
+            weight, kept, confidence = _fold_weights(plan, s > 0, rm, tau, count, MODE)
+            tl.store(KEPT + (c * L + step) * M + rm, kept.to(tl.int8), mask=in_m)
+            tl.store(CONF + (c * L + step) * M + rm, confidence, mask=in_m)
+            source_sizes = tl.load(SIZES + (c * L + step) * M + rm, mask=in_m, other=0.0)
+            sizes += tl.sum(weight * source_sizes[None, :], 1)
+            mass = tl.sum(weight, 1)
+            _fold_tokens(ANCH, FRAMES, ANCH, c * M * D, fb, c * M * D, weight, 1.0 + lam * mass,
+                         lam, rm, rm, M, M, D, TF32, BLOCK_D)
+            tl.debug_barrier()
+    tl.store(ASIZE + c * M + rm, sizes, mask=in_m)
 
 
 # ---- streaming path ---------------------------------------------------------------------------
@@ -389,3 +463,27 @@ def sinkhorn_aggregate(anchors, sources, anchor_weight, source_weight, eps, lam,
     out = x.dtype
     return (tokens, mass.to(out), confidence.to(out), kept, distance.to(out), iterations,
             f.to(out), g.to(out), error.to(out))
+
+
+def clip_aggregate(frames, lengths, sizes, anchor_weight, eps, lam, max_iter, tol, tau, keep):
+    """All clips at once, frames in order (see api.clip_aggregate; inputs validated, keep a
+    [C,L] int64 tensor or None). fp64 is served by the step loop of the caller."""
+    c, length, m, d = frames.shape
+    frames = frames.contiguous()
+    anchors = frames[:, 0].clone()
+    out_sizes = sizes[:, 0].float().contiguous().clone()
+    kept8 = torch.zeros(c, length, m, dtype=torch.int8, device=frames.device)
+    confidence = torch.zeros(c, length, m, dtype=torch.float32, device=frames.device)
+    native, tf32 = dot_flags(frames.dtype)
+    bm = next_pow2(m)
+    aw = None if anchor_weight is None else anchor_weight.float().contiguous()
+    _clip_kernel[(c,)](frames, sizes.float().contiguous(), anchors, out_sizes,
+                       lengths.to(torch.int64).contiguous(),
+                       kept8 if keep is None else keep.to(torch.int64).contiguous(),
+                       frames if aw is None else aw, kept8, confidence,
+                       length, m, d, float(eps), float(lam), int(max_iter), float(tol),
+                       0.0 if tau is None else float(tau), HAS_AW=aw is not None,
+                       MODE=MODE_TAU if tau is not None else MODE_KEEP, NATIVE_DOT=native,
+                       TF32=tf32, BLOCK_M=bm, BLOCK_D=min(64, next_pow2(d)),
+                       num_warps=_warps(bm * bm))
+    return anchors, out_sizes, kept8.bool(), confidence
