@@ -20,7 +20,7 @@ $(DEPS): pyproject.toml
 	$(PIP) install -q --disable-pip-version-check $(TORCH_PIP_FLAGS) "$(TORCH_SPEC)"
 	$(PIP) install -q --disable-pip-version-check numpy setuptools wheel ninja cmake \
 		pytest hypothesis expecttest pytest-benchmark POT matplotlib scikit-image \
-		"triton==3.9.0"
+		"triton==3.9.0" "transformers==5.23.0"
 	touch $@
 
 $(BUILT): $(DEPS) $(CXX_SOURCES)

@@ -199,6 +199,15 @@ def _clip_kernel(FRAMES, SIZES, ANCH, ASIZE, LENGTHS, KEEP, AW, KEPT, CONF,
 # ---- streaming path ---------------------------------------------------------------------------
 
 @triton.jit
+def _online_lse(top, total, z, axis: tl.constexpr):
+    """One tile of a running log-sum-exp along `axis`: LSE = top + log(total). Entries and running
+    maxima of -inf contribute 0 (no inf - inf)."""
+    new_top = tl.maximum(top, tl.max(z, axis))
+    grown = tl.sum(tl.where(z > NEG_INF, tl.exp(z - tl.expand_dims(new_top, axis)), 0.0), axis)
+    return new_top, total * tl.where(top > NEG_INF, tl.exp(top - new_top), 0.0) + grown
+
+
+@triton.jit
 def _row_pass(COST, A, F, G, LSE, ERRACC, ACTIVE, M, N, eps,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """LSE_i((g_i - C_ji)/eps) for a tile of rows (online over column tiles), and their share of
@@ -217,10 +226,7 @@ def _row_pass(COST, A, F, G, LSE, ERRACC, ACTIVE, M, N, eps,
                         mask=in_m[:, None] & in_n[None, :], other=0.0)
             g = tl.load(G + b * N + rn, mask=in_n, other=NEG_INF)
             z = tl.where(in_n[None, :], (g[None, :] - c) * inv_eps, NEG_INF)
-            new_top = tl.maximum(top, tl.max(z, 1))
-            total = total * tl.where(top > NEG_INF, tl.exp(top - new_top), 0.0) + tl.sum(
-                tl.where(z > NEG_INF, tl.exp(z - new_top[:, None]), 0.0), 1)
-            top = new_top
+            top, total = _online_lse(top, total, z, 1)
         lse = top + tl.log(total)
         tl.store(LSE + b * M + rm, lse, mask=in_m)
         a = tl.load(A + b * M + rm, mask=in_m, other=0.0)
@@ -269,10 +275,7 @@ def _col_pass(COST, A, S, LSE, F, G, ACTIVE, M, N, eps,
             c = tl.load(COST + b * M * N + rm[:, None] * N + rn[None, :],
                         mask=in_m[:, None] & in_n[None, :], other=0.0)
             z = tl.where((a > 0)[:, None], (f[:, None] - c) * inv_eps, NEG_INF)
-            new_top = tl.maximum(top, tl.max(z, 0))
-            total = total * tl.where(top > NEG_INF, tl.exp(top - new_top), 0.0) + tl.sum(
-                tl.where(z > NEG_INF, tl.exp(z - new_top[None, :]), 0.0), 0)
-            top = new_top
+            top, total = _online_lse(top, total, z, 0)
         s = tl.load(S + b * N + rn, mask=in_n, other=0.0)
         g = tl.where(s > 0, eps * (tl.log(tl.where(s > 0, s, 1.0)) - (top + tl.log(total))), NEG_INF)
         tl.store(G + b * N + rn, g, mask=in_n)

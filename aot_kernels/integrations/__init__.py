@@ -1,0 +1,1 @@
+"""Integrations with model libraries (imported on demand: `aot_kernels.integrations.transformers`)."""
