@@ -159,3 +159,200 @@ def test_bad_combinations_are_named(model):
         patch(model, AOTReducer(0.1), local_layer=7)
     assert not hasattr(model, "_aot_kernels_patch")
     assert math.isclose(AOTReducer(0.25).retention, 0.25)
+
+
+# ---- Qwen2.5-VL ---------------------------------------------------------------------------------
+
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  # noqa: E402
+
+Q_VIDEO, Q_START, Q_END = 290, 292, 293
+
+
+def tiny_qwen():
+    torch.manual_seed(0)
+    cfg = Qwen2_5_VLConfig(
+        vision_config=dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2,
+                           out_hidden_size=32, patch_size=14, temporal_patch_size=2,
+                           spatial_merge_size=2, window_size=56, fullatt_block_indexes=[0, 2],
+                           tokens_per_second=2, in_channels=3),
+        text_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, intermediate_size=64, vocab_size=300,
+                         max_position_embeddings=4096, bos_token_id=1, eos_token_id=299,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                          "mrope_section": [4, 2, 2]}),
+        video_token_id=Q_VIDEO, image_token_id=291, vision_start_token_id=Q_START,
+        vision_end_token_id=Q_END, bos_token_id=1, eos_token_id=299)
+    return Qwen2_5_VLForConditionalGeneration(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    return tiny_qwen()
+
+
+def qwen_inputs(grids, seed=1, pad_to=None):
+    """One video per row: (input_ids, attention_mask, pixel_values_videos, video_grid_thw);
+    rows left-padded to the longest."""
+    g = torch.Generator().manual_seed(seed)
+    rows = [[1, 2, Q_START] + [Q_VIDEO] * (t * h * w // 4) + [Q_END, 4, 5] for t, h, w in grids]
+    longest = max(len(r) for r in rows)
+    ids = torch.tensor([[0] * (longest - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (longest - len(r)) + [1] * len(r) for r in rows])
+    pixels = torch.randn(sum(t * h * w for t, h, w in grids), 3 * 2 * 14 * 14, generator=g)
+    return ids, mask, pixels, torch.tensor(grids)
+
+
+def test_qwen_keeping_every_token_gives_the_unpatched_logits(qwen):
+    ids, mask, pixels, thw = qwen_inputs([(4, 8, 8)])
+    types = (ids == Q_VIDEO).int() * 2  # as the processor gives them: M-RoPE needs them
+    with torch.no_grad():
+        want = qwen(input_ids=ids, pixel_values_videos=pixels, video_grid_thw=thw,
+                    mm_token_type_ids=types).logits
+        patch(qwen, AOTReducer(1.0))
+        try:
+            got = qwen(input_ids=ids, pixel_values_videos=pixels, video_grid_thw=thw,
+                       mm_token_type_ids=types).logits
+        finally:
+            unpatch(qwen)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+class Recording:
+    """A reducer that remembers what it returned."""
+
+    def __init__(self, reducer):
+        self.reducer, self.calls = reducer, []
+
+    def __call__(self, *args, **kwargs):
+        out = self.reducer(*args, **kwargs)
+        self.calls.append(out)
+        return out
+
+
+def test_qwen_positions_are_the_kept_tokens_original_mrope_positions(qwen):
+    ids, mask, pixels, thw = qwen_inputs([(4, 8, 8)])
+    rec = Recording(AOTReducer(0.25, clip_len=2))
+    seen = []
+    hook = qwen.model.language_model.register_forward_pre_hook(
+        lambda m, a, kw: seen.append((kw["position_ids"], kw["inputs_embeds"])), with_kwargs=True)
+    patch(qwen, rec)
+    try:
+        with torch.no_grad():
+            qwen(input_ids=ids, pixel_values_videos=pixels, video_grid_thw=thw)
+    finally:
+        unpatch(qwen)
+        hook.remove()
+    (reduced,) = rec.calls[0]  # one video, passed as a list
+    k = round(0.25 * 4 * 16)
+    assert len(reduced) == k
+    full, _ = qwen.model.get_rope_index(ids, (ids == Q_VIDEO).int() * 2, video_grid_thw=thw)
+    position_ids, embeds = seen[0]
+    assert embeds.shape[1] == 6 + k and position_ids.shape == (4, 1, 6 + k)
+    video = 3 + torch.arange(k)
+    # Each kept token sits at its original (t, h, w) M-RoPE position; text keeps its own.
+    assert torch.equal(position_ids[1:, 0, video], full[:, 0, 3 + reduced.positions])
+    assert torch.equal(position_ids[1:, 0, :3], full[:, 0, :3])
+    assert torch.equal(position_ids[1:, 0, -3:], full[:, 0, -3:])
+    assert torch.equal(position_ids[0, 0], torch.arange(6 + k))  # text positions
+    torch.testing.assert_close(embeds[0, video], reduced.tokens)
+
+
+def test_qwen_batch_of_videos_of_different_lengths_generates_like_each_alone(qwen):
+    grids = [(4, 8, 8), (2, 8, 8)]
+    ids, mask, pixels, thw = qwen_inputs(grids)
+    patch(qwen, AOTReducer(0.25, clip_len=2))
+    try:
+        with torch.no_grad():
+            both = qwen.generate(input_ids=ids, attention_mask=mask, pixel_values_videos=pixels,
+                                 video_grid_thw=thw, max_new_tokens=4, do_sample=False)
+            split = [0, 4 * 64]
+            alone = []
+            for i, (t, h, w) in enumerate(grids):
+                one_ids, _, _, one_thw = qwen_inputs([(t, h, w)])
+                px = pixels[split[i]:split[i] + t * h * w]
+                alone.append(qwen.generate(input_ids=one_ids, pixel_values_videos=px,
+                                           video_grid_thw=one_thw, max_new_tokens=4,
+                                           do_sample=False))
+            cached = qwen.generate(input_ids=ids, attention_mask=mask, pixel_values_videos=pixels,
+                                   video_grid_thw=thw, max_new_tokens=4, do_sample=False,
+                                   use_cache=False)
+    finally:
+        unpatch(qwen)
+    assert torch.equal(both, cached)  # the KV cache agrees with recomputing
+    for i, a in enumerate(alone):
+        assert torch.equal(both[i, -a.shape[1]:], a[0])
+    assert [a.shape[1] for a in alone] == [6 + 16 + 4, 6 + 8 + 4]  # 25% of 64 and of 32 tokens
+
+
+def test_qwen_placeholder_mismatch_is_named(qwen):
+    ids, mask, pixels, thw = qwen_inputs([(4, 8, 8)])
+    patch(qwen, AOTReducer(0.25))
+    try:
+        with pytest.raises(ValueError, match="placeholders"):
+            qwen(input_ids=ids[:, :-10], pixel_values_videos=pixels, video_grid_thw=thw)
+        with pytest.raises(ValueError, match="video_grid_thw"):
+            qwen(input_ids=ids, pixel_values_videos=pixels)
+    finally:
+        unpatch(qwen)
+
+
+def test_qwen_scores_match_eager_attention_and_follow_the_merge_order(qwen, monkeypatch):
+    """The hook's received attention equals the eager attention weights of the last block, and the
+    pooling undoes the tower's window permutation (each 2x2 merge unit, in raster order)."""
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as mq
+
+    from aot_kernels.integrations import transformers as integ
+
+    ids, mask, pixels, thw = qwen_inputs([(2, 8, 8)])
+    eager = tiny_qwen()
+    eager.config.vision_config._attn_implementation = "eager"
+    last = eager.model.visual.blocks[-1].attn
+    weights, mine = [], []
+    original = mq.eager_attention_forward
+
+    def recording(module, *args, **kwargs):
+        out = original(module, *args, **kwargs)
+        if module is last:
+            weights.append(out[1][0].mean(dim=(0, 1)))  # [l]: over heads, then queries
+        return out
+
+    monkeypatch.setattr(mq, "eager_attention_forward", recording)
+    with integ._capture_scores(eager.model.visual.blocks, {"g": 2}, integ._qwen_vision_received) as got:
+        with torch.no_grad():
+            eager.model.get_video_features(pixels, thw, return_dict=True)
+    torch.testing.assert_close(got["g"], torch.cat(weights), rtol=1e-5, atol=1e-7)
+
+    adapter = integ._Qwen2_5_VL(eager, "auto")
+    from transformers.vision_utils import get_vision_window_index
+
+    vis = eager.model.visual
+    window_index, _ = get_vision_window_index(thw, spatial_merge_size=2, window_size=vis.window_size,
+                                              patch_size=14)
+    raster = torch.arange(2 * 64, dtype=torch.float32)  # patch p belongs to merge unit p // 4
+    permuted = raster.view(-1, 4)[window_index].flatten()  # the order the blocks see
+    pooled = adapter._pool(permuted, thw)[0]
+    torch.testing.assert_close(pooled.flatten(), 4 * torch.arange(32.0) + 1.5)
+    assert pooled.shape == (2, 16) and adapter.local_layer == 0
+
+
+def test_qwen_two_videos_in_one_row(qwen):
+    """Each placeholder run gets its own video's reduction, in order."""
+    g = torch.Generator().manual_seed(3)
+    grids = [(2, 8, 8), (4, 8, 8)]
+    row = [1, Q_START] + [Q_VIDEO] * 32 + [Q_END, 7, Q_START] + [Q_VIDEO] * 64 + [Q_END, 4]
+    ids = torch.tensor([row])
+    pixels = torch.randn(2 * 64 + 4 * 64, 3 * 2 * 14 * 14, generator=g)
+    rec = Recording(AOTReducer(0.25, clip_len=2))
+    seen, hook = lm_lengths(qwen)
+    patch(qwen, rec)
+    try:
+        with torch.no_grad():
+            out = qwen.generate(input_ids=ids, pixel_values_videos=pixels,
+                                video_grid_thw=torch.tensor(grids), max_new_tokens=3,
+                                do_sample=False)
+    finally:
+        unpatch(qwen)
+        hook.remove()
+    assert seen[0] == 7 + 8 + 16  # 7 text tokens + 25% of 32 + 25% of 64
+    assert out.shape == (1, 7 + 8 + 16 + 3)
+    assert [len(r) for call in rec.calls for r in call] == [8, 16]

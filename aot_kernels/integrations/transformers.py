@@ -5,22 +5,25 @@
     patch(model, AOTReducer.preset("llava-onevision-7b", retention=0.10))
     model.generate(**inputs)        # the language model now sees ~10% of the video tokens
 
-Covered: LlavaOnevisionForConditionalGeneration (which also serves the LLaVA-Video checkpoints),
-transformers TESTED_TRANSFORMERS. On every call with `pixel_values_videos`, the patch:
-1. runs the model's own `get_video_features` (vision tower, projector, 2x2 bilinear pooling),
-   reading scores off the vision tower on the way (below);
+Covered: LlavaOnevisionForConditionalGeneration (which also serves the LLaVA-Video checkpoints)
+and Qwen2_5_VLForConditionalGeneration, transformers TESTED_TRANSFORMERS. On every call with
+`pixel_values_videos`, the patch:
+1. runs the model's own `get_video_features` (vision tower, projector / merger, pooling), reading
+   scores off the vision tower on the way (below);
 2. reduces every video with the reducer (AOT or any `aot_kernels.reducers.build(...)` baseline);
-3. shortens `input_ids` (and `attention_mask`, `labels`) to the reduced count of video
-   placeholders (+ the image-newline token LLaVA-OneVision appends to a video), re-padding the
-   batch on the side it was padded when the counts differ, and hands the reduced features to the
-   model as `mm_encoder_outputs`. Generation then runs on the shortened prompt, so positions and
-   the KV cache are consistent by construction.
+3. shortens `input_ids` (and `attention_mask`, `labels`, `mm_token_type_ids`) to the reduced
+   count of video placeholders (+ the newline token LLaVA-OneVision appends to a video),
+   re-padding the batch when the counts differ, and hands the reduced features to the model as
+   `mm_encoder_outputs`. For Qwen2.5-VL it also passes position_ids: the kept tokens' original
+   3-D M-RoPE positions, gathered from the full prompt's. Generation then runs on the shortened
+   prompt, so positions and the KV cache are consistent by construction.
 
-Scores (SPEC §4, SigLIP has no [CLS]): the mean attention each patch receives, heads averaged,
-in the layer whose output the features come from (global) and in a shallow layer (local,
-`local_layer`), pooled like the features. They are recomputed from that layer's input with its
-own q/k projections in a forward pre-hook, so the model keeps its sdpa / flash attention (forcing
-eager attention would make the whole tower slower and store every attention map).
+Scores (SPEC §4; SigLIP and the Qwen2.5-VL ViT have no [CLS]): the mean attention each patch
+receives, heads averaged, in the layer whose output the features come from (global) and in a
+shallow layer (local, `local_layer`), pooled like the features (LLaVA-OneVision: 2x2 bilinear;
+Qwen2.5-VL: the mean over each 2x2 merge unit, window order undone). They are recomputed from that
+layer's input with its own projections in a forward pre-hook, so the model keeps its sdpa / flash
+attention (forcing eager attention would slow the whole tower and store every attention map).
 """
 from __future__ import annotations
 
@@ -59,24 +62,44 @@ def _received_attention(attn, hidden: torch.Tensor, chunk: int = 8) -> torch.Ten
 
 
 @contextmanager
-def _capture_scores(layers, wanted: Dict[str, int]):
-    """Pre-hooks on the attention of `layers[index]` for each name: received attention [BF, P]."""
+def _capture_scores(layers, wanted: Dict[str, int], received):
+    """Pre-hooks on the attention of `layers[index]` for each name; `received(module, args,
+    kwargs)` turns what the attention is called with into received attention per token."""
     got: Dict[str, torch.Tensor] = {}
     handles = []
     for name, index in wanted.items():
-        attn = layers[index].self_attn
-
         def hook(module, args, kwargs, name=name):
-            hidden = args[0] if args else kwargs["hidden_states"]
             with torch.no_grad():
-                got[name] = _received_attention(module, hidden)
+                got[name] = received(module, args, kwargs)
 
+        attn = getattr(layers[index], "self_attn", None) or layers[index].attn  # SigLIP | Qwen ViT
         handles.append(attn.register_forward_pre_hook(hook, with_kwargs=True))
     try:
         yield got
     finally:
         for h in handles:
             h.remove()
+
+
+def _siglip_received(attn, args, kwargs) -> torch.Tensor:
+    return _received_attention(attn, args[0] if args else kwargs["hidden_states"])
+
+
+def _qwen_vision_received(attn, args, kwargs) -> torch.Tensor:
+    """Qwen2.5-VL ViT attention: fused qkv, 2-D rotary embeddings, attention within the
+    cu_seqlens segments (frames, or windows). [L] in the tower's (window-permuted) order."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+
+    hidden = args[0] if args else kwargs["hidden_states"]
+    bounds = kwargs["cu_seqlens"].tolist()
+    length = hidden.shape[0]
+    q, k, _ = attn.qkv(hidden).reshape(length, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    q, k = apply_rotary_pos_emb_vision(q, k, *kwargs["position_embeddings"])
+    out = torch.empty(length, dtype=torch.float32, device=hidden.device)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        qs, ks = q[a:b].transpose(0, 1).float(), k[a:b].transpose(0, 1).float()
+        out[a:b] = torch.softmax(qs @ ks.transpose(-1, -2) * attn.scaling, dim=-1).mean(dim=(0, 1))
+    return out
 
 
 def _layer_of(feature_layer, depth: int) -> int:
@@ -106,13 +129,13 @@ class _LlavaOnevision:
         model, cfg = self.model, self.model.config
         video = kwargs.pop("pixel_values_videos")
         side = math.ceil(cfg.vision_config.image_size // cfg.vision_config.patch_size / 2)
-        places = _placeholders(kwargs, cfg.video_token_id, video.shape[1] * side * side + 1)
+        places = _placeholders(kwargs, cfg.video_token_id, [video.shape[1] * side * side + 1])
         layer = kwargs.get("vision_feature_layer") or cfg.vision_feature_layer
         strategy = kwargs.get("vision_feature_select_strategy") or cfg.vision_feature_select_strategy
         wanted = {"global": _layer_of(layer, len(self.layers))}
         if self.local_layer is not None:
             wanted["local"] = self.local_layer % len(self.layers)
-        with _capture_scores(self.layers, wanted) as got:
+        with _capture_scores(self.layers, wanted, _siglip_received) as got:
             out = model.model.get_video_features(video, vision_feature_layer=layer,
                                                  vision_feature_select_strategy=strategy,
                                                  return_dict=True)
@@ -132,8 +155,12 @@ class _LlavaOnevision:
         reduced = reducer([f for f in features], [s for s in scores],
                           None if local is None else [s for s in local], grid=(side, side))
         pieces = [torch.cat([r.tokens.to(pooled.dtype), pooled[i, -1:]]) for i, r in enumerate(reduced)]
-        kwargs = _shorten(kwargs, places, [len(p) for p in pieces],
-                          getattr(cfg.text_config, "pad_token_id", None), left)
+        keep = []
+        for place, piece in zip(places, pieces):
+            row = torch.ones(kwargs["input_ids"].shape[1], dtype=torch.bool, device=place[0].device)
+            row[place[0][len(piece):]] = False  # the first K + 1 placeholders stay
+            keep.append(row)
+        kwargs = _shorten(kwargs, keep, getattr(cfg.text_config, "pad_token_id", None), left)
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         encoded = dict(kwargs.get("mm_encoder_outputs") or {})
@@ -146,63 +173,169 @@ class _LlavaOnevision:
         return kwargs
 
 
-SUPPORTED = {"LlavaOnevisionForConditionalGeneration": _LlavaOnevision}
+class _Qwen2_5_VL:
+    """What the patch needs to know about Qwen2_5_VLForConditionalGeneration: videos come as
+    patches with video_grid_thw [V, 3]; the LM sees T x (H/2) x (W/2) merged tokens per video
+    (2 frames per temporal patch), placed with 3-D M-RoPE positions that the patch gathers from the
+    full prompt's positions at the kept tokens' original places."""
+
+    def __init__(self, model, local_layer):
+        self.model = model
+        self.visual = model.model.visual
+        self.layers = self.visual.blocks
+        depth = len(self.layers)
+        full = [i for i in self.visual.fullatt_block_indexes if i < depth - 1]
+        if local_layer == "auto":  # the first full-attention block: a whole frame's context
+            local_layer = full[0] if full else depth // 4
+        self.local_layer = local_layer
+        if local_layer is not None and not -depth <= local_layer < depth:
+            raise ValueError(f"local_layer={local_layer} is outside the vision tower's {depth} blocks")
+
+    def _pool(self, received: torch.Tensor, grid_thw: torch.Tensor) -> List[torch.Tensor]:
+        """Per-patch scores in the tower's window order -> per merged token, raster order, split
+        per video [T, H/2 * W/2]: the mean over each 2x2 merge unit (the merger's grouping)."""
+        from transformers.vision_utils import get_vision_window_index
+
+        vis = self.visual
+        window_index, _ = get_vision_window_index(grid_thw, spatial_merge_size=vis.spatial_merge_size,
+                                                  window_size=vis.window_size,
+                                                  patch_size=vis.patch_size)
+        merged = received.view(-1, vis.spatial_merge_unit).mean(1)[torch.argsort(window_index)]
+        sizes = (grid_thw.prod(-1) // vis.spatial_merge_unit).tolist()
+        return [m.view(int(t), -1) for m, t in zip(torch.split(merged, sizes), grid_thw[:, 0])]
+
+    def reduce(self, reducer, kwargs, left: bool) -> dict:
+        model, cfg = self.model, self.model.config
+        video = kwargs.pop("pixel_values_videos")
+        grid_thw = kwargs.get("video_grid_thw")
+        if grid_thw is None:
+            raise ValueError("Qwen2.5-VL videos need video_grid_thw (the processor returns it)")
+        unit = self.visual.spatial_merge_unit
+        counts = (grid_thw.prod(-1) // unit).tolist()
+        places = _placeholders(kwargs, cfg.video_token_id, counts)
+        ids = kwargs["input_ids"]
+        if kwargs.get("mm_token_type_ids") is None:  # what the processor would have given
+            kwargs["mm_token_type_ids"] = ((ids == cfg.image_token_id).int()
+                                           + 2 * (ids == cfg.video_token_id).int())
+        positions, _ = model.model.get_rope_index(
+            ids, kwargs["mm_token_type_ids"], image_grid_thw=kwargs.get("image_grid_thw"),
+            video_grid_thw=grid_thw, second_per_grid_ts=kwargs.get("second_per_grid_ts"),
+            attention_mask=kwargs.get("attention_mask"))
+        depth = len(self.layers)
+        wanted = {"global": depth - 1}
+        if self.local_layer is not None:
+            wanted["local"] = self.local_layer % depth
+        with _capture_scores(self.layers, wanted, _qwen_vision_received) as got:
+            out = model.model.get_video_features(video, grid_thw, return_dict=True)
+        features = list(out.pooler_output)  # per video [T * H/2 * W/2, D]
+        scores = self._pool(got["global"], grid_thw)
+        local = self._pool(got["local"], grid_thw) if "local" in got else None
+        merge = self.visual.spatial_merge_size
+        grids = [(int(h) // merge, int(w) // merge) for _, h, w in grid_thw.tolist()]
+        reduced: List = [None] * len(features)
+        for grid in set(grids):  # one reducer call per token grid (a list of videos)
+            which = [v for v, g in enumerate(grids) if g == grid]
+            got_v = reducer([features[v].view(len(scores[v]), -1, features[v].shape[-1]) for v in which],
+                            [scores[v] for v in which],
+                            None if local is None else [local[v] for v in which], grid=grid)
+            for v, r in zip(which, got_v):
+                reduced[v] = r
+        keep, kept_positions, video = [], [], 0
+        for b, runs in enumerate(places):
+            row = torch.ones(ids.shape[1], dtype=torch.bool, device=ids.device)
+            for run in runs:
+                row[run] = False
+                row[run[reduced[video].positions.to(run.device)]] = True
+                video += 1
+            keep.append(row)
+            kept_positions.append(positions[:, b, row])
+        kwargs = _shorten(kwargs, keep, getattr(cfg.text_config, "pad_token_id", None), left,
+                          positions=kept_positions)
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        encoded = dict(kwargs.get("mm_encoder_outputs") or {})
+        encoded["video"] = BaseModelOutputWithPooling(
+            pooler_output=tuple(r.tokens.to(features[0].dtype) for r in reduced))
+        kwargs["mm_encoder_outputs"] = encoded
+        # Positions are given from here on; the deltas the model keeps for later calls match them.
+        valid = kwargs.get("attention_mask")
+        lengths = kwargs["input_ids"].shape[1] if valid is None else valid.sum(-1)
+        top = kwargs["position_ids"][1:].amax(dim=(0, 2))
+        model.model.rope_deltas = (top + 1 - lengths).view(-1, 1)
+        return kwargs
 
 
-def _placeholders(kwargs: dict, token_id: int, full: int) -> List[torch.Tensor]:
-    """Positions of each row's video placeholders; checked before any encoding."""
+SUPPORTED = {"LlavaOnevisionForConditionalGeneration": _LlavaOnevision,
+             "Qwen2_5_VLForConditionalGeneration": _Qwen2_5_VL}
+
+
+def _placeholders(kwargs: dict, token_id: int, counts: List[int]) -> List[List[torch.Tensor]]:
+    """Positions of each row's video placeholder runs, one run per video in order; `counts`: the
+    tokens of each video (all of them, or one shared count when a single entry is given).
+    Checked before any encoding."""
     ids = kwargs.get("input_ids")
     if ids is None:
         raise ValueError("the aot_kernels patch needs input_ids (to find the video placeholders); "
                          "inputs_embeds alone cannot be shortened")
     if kwargs.get("position_ids") is not None:
-        raise ValueError("position_ids with pixel_values_videos: the patch shortens the prompt, "
-                         "so leave positions to the model")
-    places = []
+        raise ValueError("position_ids with pixel_values_videos: the patch shortens the prompt "
+                         "and computes the positions itself")
+    shared = len(counts) == 1
+    runs, video = [], 0
     for b in range(ids.shape[0]):
         place = torch.nonzero(ids[b] == token_id).flatten()
-        if len(place) != full:
-            raise ValueError(f"row {b} of input_ids has {len(place)} video placeholders, but its "
-                             f"video has {full} tokens (frames x tokens + newline); one video per "
-                             "row, expanded by the processor, is what the patch supports")
-        places.append(place)
-    return places
+        row, start = [], 0
+        while start < len(place):
+            want = counts[0] if shared else (counts[video] if video < len(counts) else 0)
+            run = place[start:start + want]
+            if want == 0 or len(run) != want or (run[-1] - run[0] + 1) != want:
+                raise ValueError(f"row {b} of input_ids does not hold its videos' placeholders as "
+                                 f"contiguous runs of {want} tokens (frames x tokens per frame"
+                                 f"{' + newline' if shared else ''}), as the processor expands them")
+            row.append(run)
+            start += want
+            video += 1
+        if not row or (shared and len(row) != 1):
+            raise ValueError(f"row {b} of input_ids has {len(place)} video placeholders; the patch "
+                             f"expects {'one video of ' + str(counts[0]) if shared else 'its videos'}"
+                             " per row, expanded by the processor")
+        runs.append(row)
+    if not shared and video != len(counts):
+        raise ValueError(f"input_ids hold {video} videos' placeholders, video_grid_thw {len(counts)}")
+    return runs
 
 
-def _shorten(kwargs: dict, places: List[torch.Tensor], kept: List[int], pad_id, left: bool) -> dict:
-    """Drop the surplus video placeholders of each row (and the same columns of attention_mask
-    and labels); re-pad rows that end up with different lengths on the left (generation, or a
-    left-padded batch) or on the right."""
+def _shorten(kwargs: dict, keep: List[torch.Tensor], pad_id, left: bool,
+             positions: Optional[List[torch.Tensor]] = None) -> dict:
+    """Keep the columns `keep[b]` of each row of input_ids and of every per-token input
+    (attention_mask, labels, mm_token_type_ids); re-pad rows that end up with different lengths
+    on the left (generation, or a left-padded batch) or on the right. positions: per row, the
+    kept tokens' 3-D M-RoPE positions [3, L_b]; they become position_ids [4, B, L] (text positions
+    first, as Qwen2.5-VL's generate builds them)."""
     ids = kwargs["input_ids"]
     mask = kwargs.get("attention_mask")
-    labels = kwargs.get("labels")
-    rows = {"input_ids": [], "attention_mask": [], "labels": []}
-    for b, place in enumerate(places):
-        keep = torch.ones(ids.shape[1], dtype=torch.bool, device=ids.device)
-        keep[place[kept[b]:]] = False
-        rows["input_ids"].append(ids[b][keep])
-        if mask is not None:
-            rows["attention_mask"].append(mask[b][keep])
-        if labels is not None:
-            rows["labels"].append(labels[b][keep])
-    longest = max(len(r) for r in rows["input_ids"])
+    fill = {"input_ids": 0 if pad_id is None else pad_id, "attention_mask": 0, "labels": -100,
+            "mm_token_type_ids": 0}
+    rows = {name: [kwargs[name][b][keep[b]] for b in range(len(keep))]
+            for name in fill if kwargs.get(name) is not None}
+    lengths = [len(r) for r in rows["input_ids"]]
+    longest = max(lengths)
     left = left or (mask is not None and bool((mask[:, 0] == 0).any()))
-    if pad_id is None:
-        pad_id = 0
-    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": -100}
+
+    def pad(r, value):
+        extra = r.new_full((*r.shape[:-1], longest - r.shape[-1]), value)
+        return torch.cat([extra, r], -1) if left else torch.cat([r, extra], -1)
+
     for name, values in rows.items():
-        if not values:
-            continue
-        padded = []
-        for r in values:
-            pad = r.new_full((longest - len(r),), fill[name])
-            padded.append(torch.cat([pad, r]) if left else torch.cat([r, pad]))
-        kwargs[name] = torch.stack(padded)
-    if mask is None and len({len(r) for r in rows["input_ids"]}) > 1:
-        kwargs["attention_mask"] = torch.stack([
-            torch.cat([r.new_zeros(longest - len(r)), r.new_ones(len(r))]) if left else
-            torch.cat([r.new_ones(len(r)), r.new_zeros(longest - len(r))])
-            for r in rows["input_ids"]])
+        kwargs[name] = torch.stack([pad(r, fill[name]) for r in values])
+    if mask is None and len(set(lengths)) > 1:
+        kwargs["attention_mask"] = torch.stack([pad(torch.ones_like(r), 0) for r in rows["input_ids"]])
+    if positions is not None:
+        valid = kwargs.get("attention_mask")
+        valid = torch.ones_like(kwargs["input_ids"]) if valid is None else valid
+        text = (valid.long().cumsum(-1) - 1).masked_fill(valid == 0, 0)
+        vision = torch.stack([pad(p, 0) for p in positions], 1)  # [3, B, L]
+        kwargs["position_ids"] = torch.cat([text.unsqueeze(0), vision.to(text)], 0)
     return kwargs
 
 
