@@ -306,7 +306,7 @@ class AOTReducer:
                                  anchor_weight=self._weights(len(items), m, frames), eps=self.eps,
                                  lam=self.lam_inter, max_iter=self.max_iter, tol=self.tol,
                                  tau=self.tau, keep=keep, backend=self.backend)
-            for k, (b, s, e) in enumerate(items):
+            for k, (b, s, _) in enumerate(items):
                 # Anchors sit at the clip's first frame; dynamic tokens by (frame, position).
                 steps, slots = torch.nonzero(out.kept[k], as_tuple=True)
                 frame = s + steps

@@ -8,7 +8,6 @@ from hypothesis import given, settings, strategies as st
 
 from aot_kernels import reducers
 from aot_kernels.reducers.baselines import pool_cells
-from aot_kernels.video import ReducedVideo
 from reference import baselines_reference as BR
 from reference import ot_reference as R
 

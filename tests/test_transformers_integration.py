@@ -307,7 +307,7 @@ def test_qwen_scores_match_eager_attention_and_follow_the_merge_order(qwen, monk
     eager = tiny_qwen()
     eager.config.vision_config._attn_implementation = "eager"
     last = eager.model.visual.blocks[-1].attn
-    weights, mine = [], []
+    weights = []
     original = mq.eager_attention_forward
 
     def recording(module, *args, **kwargs):

@@ -2,8 +2,6 @@
 interpreter (TRITON_INTERPRET=1 is set in conftest.py before triton is imported). Both paths run:
 on chip (one program per problem) and streaming (forced with onchip_max=1). Shapes are small: the
 interpreter runs programs one by one in NumPy."""
-import dataclasses
-
 import numpy as np
 import pytest
 import torch

@@ -312,7 +312,6 @@ def _shorten(kwargs: dict, keep: List[torch.Tensor], pad_id, left: bool,
     on the left (generation, or a left-padded batch) or on the right. positions: per row, the
     kept tokens' 3-D M-RoPE positions [3, L_b]; they become position_ids [4, B, L] (text positions
     first, as Qwen2.5-VL's generate builds them)."""
-    ids = kwargs["input_ids"]
     mask = kwargs.get("attention_mask")
     fill = {"input_ids": 0 if pad_id is None else pad_id, "attention_mask": 0, "labels": -100,
             "mm_token_type_ids": 0}
