@@ -330,6 +330,42 @@ def plot(rows: List[dict], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def video_rows(threads: int) -> List[dict]:
+    """Whole-video AOT (AOTReducer at 10%, 32 x 196 tokens, D = 1152, fp32): per backend the
+    median total and the per-stage split (selection, intra-frame, inter-frame)."""
+    from .reducer import AOTReducer
+
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    video = torch.randn(32, 196, 1152, generator=g)
+    scores = torch.rand(32, 196, generator=g)
+    rows, tokens = [], {}
+    for backend in ("cpp", "torch"):
+        reducer = AOTReducer(0.10, backend=backend, profile=True)
+        tokens[backend] = reducer(video, scores).tokens
+        runs = [reducer(video, scores).stats for _ in range(3)]
+        stage = {k: statistics.median(r[k] for r in runs) for k in ("select_ms", "intra_ms", "inter_ms")}
+        rows.append({"case": "video 32x196 D=1152 -> 10%", "threads": threads, "impl": backend,
+                     "ms": median_ms(lambda: reducer(video, scores), min_runs=3, max_runs=5),
+                     **stage})
+    for r in rows:
+        r["fused_speedup"] = r["ms"] / rows[0]["ms"]
+        r["max_diff"] = (tokens[r["impl"]] - tokens["cpp"]).abs().max().item()
+    return rows
+
+
+def format_video(rows: List[dict]) -> str:
+    head = (f"{'case':<30} {'thr':>3} {'backend':<7} {'median ms':>10} {'select':>8} {'intra':>8} "
+            f"{'inter':>8} {'aot-cpp is':>13} {'max|Δ tokens|':>14}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        faster = f"{r['fused_speedup']:.1f}x faster" if r["impl"] != "cpp" else ""
+        lines.append(f"{r['case']:<30} {r['threads']:>3} {r['impl']:<7} {r['ms']:>10.2f} "
+                     f"{r['select_ms']:>8.2f} {r['intra_ms']:>8.2f} {r['inter_ms']:>8.2f} "
+                     f"{faster:>13} {r['max_diff']:>14.1e}")
+    return "\n".join(lines)
+
+
 def main(quick: bool = False, json_path: Optional[str] = None, plot_path: Optional[str] = None,
          threads: Optional[List[int]] = None) -> List[dict]:
     steady = steady_allocator()
@@ -347,13 +383,17 @@ def main(quick: bool = False, json_path: Optional[str] = None, plot_path: Option
     if plot_path or not quick:
         for case in sweep_cases(quick):
             rows += run_case(case, default_threads, [i for i in SWEEP_IMPLS if i in impls])
+    video = [] if quick else [r for t in threads for r in video_rows(t)]
     torch.set_num_threads(default_threads)
     m = machine()
     print(f"machine: {m['cpu']}, {m['cores']} threads, torch {m['torch']}, commit {m['commit']}; "
           f"allocator: {'freed memory kept (mallopt)' if steady else 'glibc defaults'}")
     print(format_table(rows))
+    if video:
+        print("\nwhole-video reduction (AOTReducer, stage split in ms from profile=True):")
+        print(format_video(video))
     if json_path:
-        Path(json_path).write_text(json.dumps({"machine": m, "rows": rows}, indent=1))
+        Path(json_path).write_text(json.dumps({"machine": m, "rows": rows, "video": video}, indent=1))
         print(f"wrote {json_path}")
     if plot_path:
         plot(rows, plot_path)

@@ -111,3 +111,12 @@ def test_forward_memory_is_a_few_plans_not_iterations():
 
         pytest.skip("/proc peak-RSS reset unavailable")
     assert extra <= 4.0
+
+
+def test_whole_video_rows_compare_the_backends():
+    from aot_kernels import bench
+
+    rows = bench.video_rows(1)
+    assert [r["impl"] for r in rows] == ["cpp", "torch"]
+    assert rows[1]["max_diff"] < 1e-4 and all(r["ms"] > 0 and r["intra_ms"] > 0 for r in rows)
+    assert "video 32x196" in bench.format_video(rows)
