@@ -1,7 +1,10 @@
 """Triton kernels against the float64 reference and the C++ backend, on CPU through the Triton
 interpreter (TRITON_INTERPRET=1 is set in conftest.py before triton is imported). Both paths run:
 on chip (one program per problem) and streaming (forced with onchip_max=1). Shapes are small: the
-interpreter runs programs one by one in NumPy."""
+interpreter runs programs one by one in NumPy.
+
+On a machine with a GPU, `TRITON_INTERPRET=0 pytest tests/test_triton.py` runs the same tests with
+the kernels compiled for CUDA tensors (outputs are compared on the CPU)."""
 import numpy as np
 import pytest
 import torch
@@ -16,6 +19,19 @@ pytestmark = pytest.mark.skipif(not gpu.HAS_TRITON, reason=f"triton unavailable:
 if gpu.HAS_TRITON:
     from aot_kernels.gpu import sinkhorn_kernels as K
 
+DEVICE = torch.device("cuda" if gpu.HAS_TRITON and not gpu.interpreting()
+                      and torch.cuda.is_available() else "cpu")
+
+
+def on(*tensors):
+    """Inputs on the kernels' device (CPU under the interpreter)."""
+    return [None if t is None else t.to(DEVICE) for t in tensors]
+
+
+def cpu(outputs):
+    return [o.cpu() if isinstance(o, torch.Tensor) else o for o in outputs]
+
+
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 PATHS = {"onchip": 256 * 256, "stream": 1}
 SAMPLES = [
@@ -29,10 +45,10 @@ FIELDS = ("tokens", "mass", "confidence", "distance", "f", "g")
 
 
 def run(sample, dtype, path):
-    x, y, aw, sw = inputs(sample, dtype)
+    x, y, aw, sw = on(*inputs(sample, dtype))
     out = K.sinkhorn_aggregate(x, y, aw, sw, sample.eps, 1.0, sample.max_iter, sample.tol,
                                sample.tau, sample.keep, onchip_max=PATHS[path])
-    return ak.AggregateResult(*out, None)
+    return ak.AggregateResult(*cpu(out), None)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -81,8 +97,8 @@ def test_sinkhorn_on_a_given_cost_matches_reference(sample, path):
                              None if sw is None else sw.numpy(), eps=sample.eps,
                              max_iter=sample.max_iter, tol=sample.tol)
     cost = torch.from_numpy(cost64).float()
-    f, g, iterations, error = K.sinkhorn(cost, aw, sw, sample.eps, sample.max_iter, sample.tol,
-                                         onchip_max=PATHS[path])
+    f, g, iterations, error = cpu(K.sinkhorn(*on(cost, aw, sw), sample.eps, sample.max_iter,
+                                             sample.tol, onchip_max=PATHS[path]))
     assert max_err(f, stack(ref, "f")) < 2e-5 and max_err(g, stack(ref, "g")) < 2e-5
     assert np.abs(iterations.numpy() - np.array([r.iterations for r in ref])).max() <= 1
 
@@ -91,11 +107,11 @@ def test_sinkhorn_on_a_given_cost_matches_reference(sample, path):
 def test_cosine_cost_matches_reference(dtype):
     x, y, _, _ = inputs(Sample(2, 19, 37, 70), dtype)
     ref = R.batched_cosine_cost(x.double().numpy(), y.double().numpy())
-    out = ak.cosine_cost(x, y, backend="triton")
+    out = ak.cosine_cost(*on(x, y), backend="triton").cpu()
     base = max_err(ak.cosine_cost(x, y, backend="torch"), ref)
     assert out.dtype == dtype and max_err(out, ref) <= MULT[dtype] * base + ATOL[dtype]
-    assert torch.equal(ak.cosine_cost(torch.zeros(1, 1, 4), torch.ones(1, 2, 4), backend="triton"),
-                       torch.ones(1, 1, 2))  # a zero vector has cost 1 (SPEC §1)
+    zero = ak.cosine_cost(*on(torch.zeros(1, 1, 4), torch.ones(1, 2, 4)), backend="triton")
+    assert torch.equal(zero.cpu(), torch.ones(1, 1, 2))  # a zero vector has cost 1 (SPEC §1)
 
 
 def test_padding_is_inert_and_problems_stop_independently():
@@ -108,8 +124,10 @@ def test_padding_is_inert_and_problems_stop_independently():
     xp = torch.cat([x, torch.randn(3, 2, 8)], 1)
     yp = torch.cat([y, torch.randn(3, 3, 8)], 1)
     for om in PATHS.values():
-        plain = K.sinkhorn_aggregate(x, y, None, None, s.eps, 1.0, s.max_iter, s.tol, onchip_max=om)
-        padded = K.sinkhorn_aggregate(xp, yp, aw, sw, s.eps, 1.0, s.max_iter, s.tol, onchip_max=om)
+        plain = cpu(K.sinkhorn_aggregate(*on(x, y), None, None, s.eps, 1.0, s.max_iter, s.tol,
+                                         onchip_max=om))
+        padded = cpu(K.sinkhorn_aggregate(*on(xp, yp, aw, sw), s.eps, 1.0, s.max_iter, s.tol,
+                                          onchip_max=om))
         torch.testing.assert_close(padded[0][:, :6], plain[0], rtol=0, atol=2e-6)
         assert torch.isinf(padded[6][:, 6:]).all() and torch.isinf(padded[7][:, 10:]).all()
         assert torch.equal(padded[5], plain[5]) and len(set(plain[5].tolist())) > 1
@@ -117,15 +135,15 @@ def test_padding_is_inert_and_problems_stop_independently():
 
 def test_api_backend_triton_and_reducer():
     x, y, _, _ = inputs(Sample(2, 5, 7, 12), torch.float32)
-    got = ak.sinkhorn_aggregate(x, y, backend="triton")
+    got = ak.sinkhorn_aggregate(*on(x, y), backend="triton")
     want = ak.sinkhorn_aggregate(x, y, backend="cpp")
-    torch.testing.assert_close(got.tokens, want.tokens, rtol=0, atol=2e-6)
+    torch.testing.assert_close(got.tokens.cpu(), want.tokens, rtol=0, atol=2e-6)
     g = torch.Generator().manual_seed(0)
     feats, scores = torch.randn(5, 16, 8, generator=g), torch.rand(5, 16, generator=g)
-    a = ak.AOTReducer(0.3, clip_len=3, max_iter=30, backend="triton")(feats, scores)
+    a = ak.AOTReducer(0.3, clip_len=3, max_iter=30, backend="triton")(*on(feats, scores))
     b = ak.AOTReducer(0.3, clip_len=3, max_iter=30, backend="cpp")(feats, scores)
-    assert torch.equal(a.positions, b.positions)
-    torch.testing.assert_close(a.tokens, b.tokens, rtol=0, atol=1e-5)
+    assert torch.equal(a.positions.cpu(), b.positions)
+    torch.testing.assert_close(a.tokens.cpu(), b.tokens, rtol=0, atol=1e-5)
 
 
 def test_triton_backend_needs_cuda_or_the_interpreter(monkeypatch):
@@ -136,8 +154,7 @@ def test_triton_backend_needs_cuda_or_the_interpreter(monkeypatch):
 
 def test_float64_is_served_exactly_by_the_torch_path():
     s = Sample(2, 5, 7, 12)
-    x, y, aw, sw = inputs(s)
-    out = K.sinkhorn_aggregate(x, y, aw, sw, s.eps, 1.0, s.max_iter, s.tol)
+    out = cpu(K.sinkhorn_aggregate(*on(*inputs(s)), s.eps, 1.0, s.max_iter, s.tol))
     assert max_err(out[0], stack(reference(s), "tokens")) < 1e-9
 
 
@@ -158,12 +175,13 @@ def test_clip_kernel_matches_the_step_loop(mode, unit, dtype):
     kw = dict(mode, anchor_weight=torch.ones(3, 7) if unit else None, max_iter=60,
               lengths=[4, 2, 3], sizes=sizes)
     clean = frames.nan_to_num(0.0)
-    got = ak.clip_aggregate(clean, backend="triton", **kw)
+    dev_kw = dict(kw, sizes=on(sizes)[0], anchor_weight=on(kw["anchor_weight"])[0])
+    got = ak.ClipResult(*cpu(ak.clip_aggregate(on(clean)[0], backend="triton", **dev_kw)))
     # The kernel itself never reads past a clip's length (the public API rejects NaN anywhere).
     keep = None if "keep" not in mode else torch.tensor(mode["keep"])
-    raw = K.clip_aggregate(frames, torch.tensor([4, 2, 3]), sizes, kw["anchor_weight"], 0.1, 1.0,
-                           60, 0.0, mode.get("tau"), keep if "tau" in mode else
-                           (keep if keep is not None else torch.zeros(3, 4, dtype=torch.long)))
+    counts = keep if keep is not None or "tau" in mode else torch.zeros(3, 4, dtype=torch.long)
+    raw = cpu(K.clip_aggregate(*on(frames, torch.tensor([4, 2, 3]), sizes, kw["anchor_weight"]),
+                               0.1, 1.0, 60, 0.0, mode.get("tau"), on(counts)[0]))
     assert torch.equal(raw[0], got.anchors) and torch.equal(raw[2], got.kept)
     want = ak.clip_aggregate(clean, backend="cpp", **kw)  # same dtype: both round every step
     tol = dict(rtol=0, atol=2e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
