@@ -205,3 +205,24 @@ def test_launchers_are_the_ops_cuda_kernels():
     assert gpu.register()
     for op in ("cosine_cost", "sinkhorn", "sinkhorn_aggregate"):
         assert "\nCUDA: registered" in torch._C._dispatch_dump(f"aot::{op}"), op
+
+
+@pytest.mark.parametrize("sample,path", [
+    (Sample(1, 40, 150, 70, max_iter=30), "stream"),
+    (Sample(2, 37, 70, 20, max_iter=30, keep=9, weights="pad"), "stream"),
+    (Sample(1, 126, 70, 64, max_iter=20), "onchip"),  # the paper's frame, 128 x 128 blocks
+], ids=lambda v: v.name if isinstance(v, Sample) else v)
+def test_larger_problems_match_reference(sample, path):
+    """Streaming: rows over two tiles of 32, sources over several tiles of 64, D over two tiles
+    (the online log-sum-exp and the atomically summed error must see every tile once). On chip:
+    the paper's frame size in one program."""
+    ref = reference(sample, torch.float32)
+    out = run(sample, torch.float32, path)
+    torch_out = ak.sinkhorn_aggregate(*inputs(sample, torch.float32)[:2],
+                                      anchor_weight=inputs(sample)[2], source_weight=inputs(sample)[3],
+                                      backend="torch", **kwargs(sample))
+    for name in FIELDS:
+        expected = stack(ref, name)
+        baseline = max_err(getattr(torch_out, name), expected)
+        assert max_err(getattr(out, name), expected) <= MULT[torch.float32] * baseline + ATOL[torch.float32], name
+    assert np.array_equal(out.kept.numpy(), stack(ref, "kept").astype(bool))
