@@ -27,12 +27,18 @@ def demo(args) -> int:
     if not HAS_EXTENSION:
         print(f"  compiled extension unavailable ({EXTENSION_ERROR}); torch backend only")
     backends = ["cpp", "torch"] if HAS_EXTENSION else ["torch"]
+    from . import gpu
+
+    if torch.cuda.is_available() and gpu.HAS_TRITON:  # the Triton kernels, on the GPU
+        backends.append("triton")
     stages = ("select_ms", "intra_ms", "inter_ms")
     results, table = {}, {}
     for backend in backends:
         reducer = AOTReducer(args.retention, backend=backend, profile=True)
-        results[backend] = reducer(video.features, video.scores, grid=video.grid)  # warm-up
-        runs = [reducer(video.features, video.scores, grid=video.grid) for _ in range(args.repeat)]
+        device = "cuda" if backend == "triton" else "cpu"
+        features, scores = video.features.to(device), video.scores.to(device)
+        results[backend] = reducer(features, scores, grid=video.grid)  # warm-up
+        runs = [reducer(features, scores, grid=video.grid) for _ in range(args.repeat)]
         table[backend] = {k: median(r.stats[k] for r in runs) for k in stages}
         table[backend]["total"] = median(sum(r.stats[k] for k in stages) for r in runs)
     out = results[backends[0]]
@@ -50,10 +56,11 @@ def demo(args) -> int:
     for label, tokens, key in rows:
         cells = "".join(f"{table[b][key]:>11.1f}" if key else f"{'':>11}" for b in backends)
         print(f"  {label:<30}{tokens:>7}{cells}")
-    if len(backends) == 2:
-        diff = (results["cpp"].tokens - results["torch"].tokens).abs().max().item()
+    if "cpp" in backends:
+        diff = max((results["cpp"].tokens - results[b].tokens.cpu()).abs().max().item()
+                   for b in backends)
         print(f"  cpp is {table['torch']['total'] / table['cpp']['total']:.1f}x faster than torch; "
-              f"their tokens agree to {diff:.1e}")
+              f"the backends' tokens agree to {diff:.1e}")
 
     flops = cost("llava-onevision-7b", retention=len(out) / (frames * n), frames=frames,
                  tokens_per_frame=n)
