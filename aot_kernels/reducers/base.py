@@ -2,6 +2,7 @@
 swappable merge step that folds dropped tokens into kept ones ("average" or "ot")."""
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -41,7 +42,7 @@ def top_indices(key: torch.Tensor, count: int) -> torch.Tensor:
     return torch.sort(torch.sort(-key, stable=True).indices[:count]).values
 
 
-class TokenReducer:
+class TokenReducer(ABC):
     """Base of the baselines: subclasses implement `groups(video, grid, frame_budget)`.
 
     retention: kept fraction, K = round(retention F N) per video, spread over frames as evenly as
@@ -70,8 +71,9 @@ class TokenReducer:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(retention={self.retention}, merge={self.merge!r})"
 
+    @abstractmethod
     def groups(self, video: Video, grid: Tuple[int, int], frame_budget: List[int]) -> List[Group]:
-        raise NotImplementedError
+        """The reducer's decision for one video: which tokens stay, which fold where."""
 
     def __call__(self, features, scores=None, local_scores=None, *, grid=None):
         videos, form = as_videos(features, scores, local_scores)
