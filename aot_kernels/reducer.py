@@ -12,9 +12,9 @@ import torch
 from . import validate
 from .api import clip_aggregate, sinkhorn_aggregate
 from .clips import DYNAMIC_NUM_CLIPS, DYNAMIC_THRESHOLD, dynamic_clips, uniform_clips
-from .selection import _check_pair, select_anchors
+from .selection import even_split, select_anchors
 from .video import (Clip, ReducedVideo, Video, as_videos, finish, grid_of, received_sizes,
-                    retention as check_retention, size_dtype, spread, token_budget)
+                    retention as check_retention, size_dtype, token_budget)
 
 DEFAULT_CLIP_LEN = 8
 # Anchors take ~80% of the budget, dynamic tokens the rest: the paper's LLaVA-OneVision-7B
@@ -67,7 +67,7 @@ def dynamic_quotas(budget: int, clips: Sequence[Clip], anchors: int, frames: int
     later = later_frames(clips)
     quota = [0] * frames
     if later:
-        for t, q in zip(later, spread(budget - len(clips) * anchors, len(later))):
+        for t, q in zip(later, even_split(budget - len(clips) * anchors, len(later))):
             quota[t] = q
     return quota
 
@@ -138,8 +138,8 @@ class AOTReducer:
         validate.backend(backend)
         self.num_clips = validate.integer(num_clips, "num_clips", 1)
         self.seg_threshold = validate._real(seg_threshold, "seg_threshold")
-        self.windows = _check_pair("windows", windows)
-        self.grid = None if grid is None else _check_pair("grid", grid)
+        self.windows = validate.pair_of_ints(windows, "windows")
+        self.grid = None if grid is None else validate.pair_of_ints(grid, "grid")
         self.segmentation, self.marginals, self.backend = segmentation, marginals, backend
         self.eps, self.max_iter, self.tol = float(eps), int(max_iter), float(tol)
         self.lam_intra, self.lam_inter = float(lam_intra), float(lam_inter)

@@ -15,8 +15,9 @@ class Anchors(NamedTuple):
     sources: torch.Tensor
 
 
-def _split(length: int, parts: int) -> List[int]:
-    # [decided] np.array_split convention: the first length % parts parts are one longer.
+def even_split(length: int, parts: int) -> List[int]:
+    """`length` split into `parts` counts as evenly as possible, the first length % parts one
+    longer ([decided] the np.array_split convention, for windows, quotas and budgets)."""
     return [length // parts + (1 if k < length % parts else 0) for k in range(parts)]
 
 
@@ -24,9 +25,9 @@ def window_members(grid: Tuple[int, int], windows: Tuple[int, int]) -> List[List
     """Token indices of each window; windows and their tokens in raster order."""
     h, w = grid
     members, r0 = [], 0
-    for rows in _split(h, windows[0]):
+    for rows in even_split(h, windows[0]):
         c0 = 0
-        for cols in _split(w, windows[1]):
+        for cols in even_split(w, windows[1]):
             members.append([r * w + c for r in range(r0, r0 + rows) for c in range(c0, c0 + cols)])
             c0 += cols
         r0 += rows
@@ -38,7 +39,7 @@ def window_quotas(sizes: Sequence[int], k_local: int) -> List[int]:
     first windows; a window smaller than its share passes the rest on (cycling in raster order).
     Depends only on the grid, so it is computed once for all frames."""
     n = len(sizes)
-    share = [k_local // n + (1 if k < k_local % n else 0) for k in range(n)]
+    share = even_split(k_local, n)
     taken = [0] * n
     carry = 0
     for k in range(n):
@@ -63,12 +64,6 @@ def _top_mask(key: torch.Tensor, count: int) -> torch.Tensor:
     return mask
 
 
-def _check_pair(name: str, value) -> Tuple[int, int]:
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise TypeError(f"{name} must be a pair of ints (rows, cols), got {value!r}")
-    return validate.integer(value[0], f"{name} rows", 1), validate.integer(value[1], f"{name} cols", 1)
-
-
 def select_anchors(scores: torch.Tensor, local_scores: Optional[torch.Tensor] = None, *,
                    grid: Tuple[int, int], windows: Tuple[int, int] = (2, 2),
                    num_anchors: int) -> Anchors:
@@ -82,8 +77,8 @@ def select_anchors(scores: torch.Tensor, local_scores: Optional[torch.Tensor] = 
     to the lower token index. Batched over frames.
     """
     validate.features(scores, "scores", rank=2, what="[F, N]")
-    h, w = _check_pair("grid", grid)
-    wh, ww = _check_pair("windows", windows)
+    h, w = validate.pair_of_ints(grid, "grid")
+    wh, ww = validate.pair_of_ints(windows, "windows")
     frames, n = scores.shape
     if h * w != n:
         raise ValueError(f"grid {h}x{w} has {h * w} tokens but scores have N={n}")

@@ -101,6 +101,13 @@ def integer(value, name: str, minimum: int) -> int:
     return int(value)
 
 
+def pair_of_ints(value, name: str):
+    """(rows, cols), both ints >= 1: a grid or a window grid."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name} must be a pair of ints (rows, cols), got {value!r}")
+    return integer(value[0], f"{name} rows", 1), integer(value[1], f"{name} cols", 1)
+
+
 def solver(eps, max_iter, tol) -> None:
     if _real(eps, "eps") <= 0:
         raise ValueError(f"eps must be > 0, got {eps}")

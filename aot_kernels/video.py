@@ -90,11 +90,6 @@ def token_budget(frames: int, tokens: int, kept_fraction: float) -> int:
     return k
 
 
-def spread(total: int, parts: int) -> List[int]:
-    """`total` split into `parts` counts as evenly as possible, remainder to the first parts."""
-    return [total // parts + (1 if k < total % parts else 0) for k in range(parts)]
-
-
 def grid_of(grid, n: int) -> Tuple[int, int]:
     """(h, w) with h*w = N; None means a square grid."""
     if grid is None:
@@ -102,9 +97,7 @@ def grid_of(grid, n: int) -> Tuple[int, int]:
         if side * side != n:
             raise ValueError(f"N={n} tokens per frame is not a square: pass grid=(h, w)")
         return side, side
-    if not isinstance(grid, (tuple, list)) or len(grid) != 2:
-        raise TypeError(f"grid must be a pair of ints (h, w), got {grid!r}")
-    h, w = validate.integer(grid[0], "grid rows", 1), validate.integer(grid[1], "grid cols", 1)
+    h, w = validate.pair_of_ints(grid, "grid")
     if h * w != n:
         raise ValueError(f"grid {h}x{w} has {h * w} tokens but the features have N={n} per frame")
     return h, w

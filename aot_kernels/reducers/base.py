@@ -11,8 +11,9 @@ import torch.nn.functional as F
 
 from .. import validate
 from ..api import sinkhorn_aggregate
+from ..selection import even_split
 from ..video import (Clip, ReducedVideo, Video, as_videos, finish, grid_of, received_sizes,
-                     retention as check_retention, size_dtype, spread, token_budget)
+                     retention as check_retention, size_dtype, token_budget)
 
 MERGES = (None, "average", "ot")
 
@@ -83,7 +84,7 @@ class TokenReducer(ABC):
         hw = grid_of(grid if grid is not None else self.grid, n)
         out = []
         for v in videos:
-            budget = spread(token_budget(v.frames, n, self.retention), v.frames)
+            budget = even_split(token_budget(v.frames, n, self.retention), v.frames)
             out.append(self._merge(v, hw, self.groups(v, hw, budget)))
         return finish(out, form)
 

@@ -11,7 +11,7 @@ from typing import List, Tuple
 import torch
 
 from .. import validate
-from ..selection import _split
+from ..selection import even_split
 from ..video import Video
 from .base import Group, TokenReducer, nearest, top_indices
 
@@ -81,12 +81,12 @@ def pool_cells(grid: Tuple[int, int], cells: int) -> List[List[int]]:
     blocks; bands and blocks split like np.array_split. Cells in raster order."""
     h, w = grid
     gh = min(h, cells, max(1, round(math.sqrt(cells * h / w))))
-    while max(_split(cells, gh)) > w:
+    while max(even_split(cells, gh)) > w:
         gh += 1
     out, r0 = [], 0
-    for rows, per_band in zip(_split(h, gh), _split(cells, gh)):
+    for rows, per_band in zip(even_split(h, gh), even_split(cells, gh)):
         c0 = 0
-        for cols in _split(w, per_band):
+        for cols in even_split(w, per_band):
             out.append([r * w + c for r in range(r0, r0 + rows) for c in range(c0, c0 + cols)])
             c0 += cols
         r0 += rows
