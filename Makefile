@@ -12,8 +12,12 @@ DEPS := $(VENV)/.deps-installed
 BUILT := $(VENV)/.extension-built
 CXX_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h) csrc/sources.txt setup.py
 CMAKE_DIR := build/cmake
+# The oldest Triton we support (what PyTorch 2.11 installs): the compile gate runs against it too,
+# from its own folder on PYTHONPATH (no second venv, the CPU torch stays).
+TRITON_OLDEST := 3.6.0
+OLD_TRITON := build/triton-$(TRITON_OLDEST)
 
-.PHONY: demo test test-py test-cpp bench bench-gpu clean
+.PHONY: demo test test-py test-cpp compile-gate bench bench-gpu gpu-check clean
 
 $(DEPS): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +34,17 @@ $(BUILT): $(DEPS) $(CXX_SOURCES)
 demo: $(BUILT)
 	$(PY) -m aot_kernels demo
 
-test: test-cpp test-py
+test: test-cpp compile-gate test-py
+
+# Every Triton kernel through the real compiler for sm_80 and sm_90 (no GPU needed), against the
+# pinned Triton (also run by tests/test_compile_gate.py) and the oldest supported one.
+compile-gate: $(BUILT) $(OLD_TRITON)/.installed
+	PYTHONPATH=$(OLD_TRITON) $(PY) -m aot_kernels.gpu.compile_check --arch 80 90 \
+		--cache build/triton-cache-$(TRITON_OLDEST) --json build/compile_gate-$(TRITON_OLDEST).json
+
+$(OLD_TRITON)/.installed: $(DEPS)
+	$(PIP) install -q --disable-pip-version-check --no-deps --target $(OLD_TRITON) "triton==$(TRITON_OLDEST)"
+	touch $@
 
 test-py: $(BUILT)
 	$(PY) -m pytest tests -q
@@ -47,6 +61,14 @@ bench: $(BUILT)
 # Triton kernels vs the torch backend on a CUDA GPU (needs a CUDA build of torch: TORCH_SPEC/TORCH_PIP_FLAGS).
 bench-gpu: $(BUILT)
 	$(PY) benchmarks/bench_gpu.py --json bench_gpu.json
+
+# On a GPU machine that already has a CUDA PyTorch and Triton (no venv, no downloads): build in
+# place, run the Triton, CUDA and autograd tests on the GPU (compiled, strict), then the benchmark.
+gpu-check:
+	$(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
+	TRITON_INTERPRET=0 AOT_KERNELS_STRICT=1 $(PYTHON) -m pytest -q -p no:cacheprovider \
+		tests/test_triton.py tests/test_cuda.py tests/test_autograd.py
+	AOT_KERNELS_STRICT=1 $(PYTHON) benchmarks/bench_gpu.py --json gpu_check.json
 
 clean:
 	rm -rf build $(VENV) aot_kernels/*.so *.egg-info

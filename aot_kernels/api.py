@@ -1,6 +1,7 @@
 """Public functions: cosine_cost, sinkhorn, sinkhorn_aggregate (SPEC §1-3, §5)."""
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import NamedTuple, Optional
 
@@ -125,10 +126,7 @@ def sinkhorn(cost: torch.Tensor, anchor_weight: Optional[torch.Tensor] = None,
     elif chosen == "triton":
         f, g, iterations, error = gpu.sinkhorn(*args)
     else:
-        cd = composite.compute_dtype(cost.dtype)
-        a, s = composite.marginals(anchor_weight, source_weight, b, m, n, cd, cost.device)
-        f, g, iterations, error = composite.sinkhorn(cost.to(cd), a, s, eps, max_iter, tol)
-        f, g, error = f.to(cost.dtype), g.to(cost.dtype), error.to(cost.dtype)
+        f, g, iterations, error = composite.sinkhorn_op(*args)
     return SinkhornResult(f, g, iterations, error, _plan(cost, f, g, eps) if return_plan else None)
 
 
@@ -228,18 +226,25 @@ def clip_aggregate(frames: torch.Tensor, lengths=None, sizes: Optional[torch.Ten
     (default uniform probabilities); each frame's M tokens share the same total uniformly. At
     step l the anchors absorb frame l: tokens with confidence below `tau`, or the keep[c, l]
     lowest (keep: [C,L] counts), stay dynamic; the rest are merged with weights p_ij (lam).
-    Neither tau nor keep: every token is merged. On "triton" one program per clip runs the
-    whole scan; otherwise each step is one batched sinkhorn_aggregate call over the clips.
-    Not differentiable.
+    Neither tau nor keep: every token is merged. On "triton" each step is one batched set of
+    kernels over all clips (no host synchronisation); otherwise each step is one batched
+    sinkhorn_aggregate call per group of clips sharing a keep count. Not differentiable.
     """
     lengths, sizes, keep = _clip_inputs(frames, lengths, sizes, anchor_weight, keep, tau)
     validate.solver(eps, max_iter, tol)
     validate.aggregation(lam, tau, None, None, 1)
-    c, length, m, _ = frames.shape
     chosen = _resolve(backend, frames.device)
-    if chosen == "triton" and frames.dtype != torch.float64 and m <= 256:
-        return ClipResult(*gpu.clip_aggregate(frames, lengths, sizes, anchor_weight, eps, lam,
-                                              max_iter, tol, tau, keep))
+    args = (frames, lengths, sizes, anchor_weight, eps, lam, max_iter, tol, tau, keep)
+    if chosen == "triton" and frames.dtype != torch.float64:
+        return ClipResult(*gpu.clip_aggregate(*args, fallback=functools.partial(
+            _clip_steps, backend="torch")))
+    return ClipResult(*_clip_steps(*args, backend=chosen))
+
+
+def _clip_steps(frames, lengths, sizes, anchor_weight, eps, lam, max_iter, tol, tau, keep,
+                backend):
+    """clip_aggregate as one batched sinkhorn_aggregate call per step and keep count."""
+    c, length, m, _ = frames.shape
     anchors, anchor_sizes = frames[:, 0].clone(), sizes[:, 0].clone()
     kept = torch.zeros(c, length, m, dtype=torch.bool, device=frames.device)
     confidence = torch.zeros(c, length, m, dtype=frames.dtype, device=frames.device)
@@ -255,7 +260,7 @@ def clip_aggregate(frames: torch.Tensor, lengths=None, sizes: Optional[torch.Ten
             out = sinkhorn_aggregate(anchors[idx], frames[idx, step],
                                      anchor_weight=None if anchor_weight is None else anchor_weight[idx],
                                      eps=eps, lam=lam, max_iter=max_iter, tol=tol, tau=tau,
-                                     keep=count, return_plan=True, backend=chosen)
+                                     keep=count, return_plan=True, backend=backend)
             plan = out.plan.to(anchor_sizes.dtype)
             p_ij = plan / plan.sum(1, keepdim=True).clamp_min(torch.finfo(plan.dtype).tiny)
             stable = torch.where(out.kept, 0.0, sizes[idx, step])
@@ -263,4 +268,4 @@ def clip_aggregate(frames: torch.Tensor, lengths=None, sizes: Optional[torch.Ten
             anchors[idx] = out.tokens
             kept[idx, step] = out.kept
             confidence[idx, step] = out.confidence
-    return ClipResult(anchors, anchor_sizes, kept, confidence)
+    return anchors, anchor_sizes, kept, confidence

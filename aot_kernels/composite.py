@@ -74,6 +74,16 @@ def sinkhorn(cost, a, s, eps: float, max_iter: int, tol: float):
     return f, g, iterations, error
 
 
+def sinkhorn_op(cost, anchor_weight, source_weight, eps: float, max_iter: int, tol: float):
+    """Same contract and outputs as torch.ops.aot.sinkhorn (weights, not marginals), in plain
+    torch: f, g, error in the cost's dtype."""
+    b, m, n = cost.shape
+    cd = compute_dtype(cost.dtype)
+    a, s = marginals(anchor_weight, source_weight, b, m, n, cd, cost.device)
+    f, g, iterations, error = sinkhorn(cost.to(cd), a, s, eps, max_iter, tol)
+    return f.to(cost.dtype), g.to(cost.dtype), iterations, error.to(cost.dtype)
+
+
 def confidence_of(transport: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """q_i = max_j p_ij with p_ij = T_ji / sum_j' T_j'i (SPEC §5); 0 on padded sources."""
     column = transport.sum(1)
@@ -82,11 +92,17 @@ def confidence_of(transport: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 
 
 def select_kept(confidence, s, tau=None, keep=None) -> torch.Tensor:
-    """Dynamic sources [B,N] bool: q < tau, or the `keep` lowest q (ties to the lower index)."""
+    """Dynamic sources [B,N] bool: q < tau, or the `keep` lowest q (ties to the lower index).
+    keep: one count, or a count per problem ([B] int tensor: fixed shapes, no host sync)."""
     valid = s > 0
     if tau is not None:
         return valid & (confidence < tau)
     kept = torch.zeros_like(valid)
+    if isinstance(keep, torch.Tensor):
+        key = torch.where(valid, confidence.detach(), float("inf"))
+        order = torch.sort(key, dim=1, stable=True).indices
+        rank_ok = torch.arange(key.shape[1], device=key.device) < keep.view(-1, 1)
+        return kept.scatter(1, order, rank_ok)
     if keep:
         key = torch.where(valid, confidence.detach(), float("inf"))
         order = torch.sort(key, dim=1, stable=True).indices[:, :keep]

@@ -1,7 +1,8 @@
 """Triton kernels against the float64 reference and the C++ backend, on CPU through the Triton
-interpreter (TRITON_INTERPRET=1 is set in conftest.py before triton is imported). Both paths run:
-on chip (one program per problem) and streaming (forced with onchip_max=1). Shapes are small: the
-interpreter runs programs one by one in NumPy.
+interpreter (TRITON_INTERPRET=1 is set in conftest.py before triton is imported). Every solve path
+runs: resident (one program, registers), sweep (one program, row chunks; chunks shrunk here so
+that small problems span several) and stream (a grid per pass). Shapes are small: the interpreter
+runs programs one by one in NumPy.
 
 On a machine with a GPU, `TRITON_INTERPRET=0 pytest tests/test_triton.py` runs the same tests with
 the kernels compiled for CUDA tensors (outputs are compared on the CPU)."""
@@ -33,7 +34,14 @@ def cpu(outputs):
 
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-PATHS = {"onchip": 256 * 256, "stream": 1}
+PATHS = ("resident", "sweep", "stream")
+
+
+@pytest.fixture(autouse=True)
+def small_sweep_chunks(monkeypatch):
+    """64-entry row chunks: the sweep path's chunk loop runs several times on test sizes."""
+    if gpu.HAS_TRITON:
+        monkeypatch.setattr(K, "SWEEP_ELEMS", 64)
 SAMPLES = [
     Sample(2, 5, 7, 12),                                  # odd sizes
     Sample(2, 17, 9, 70, eps=0.01, max_iter=50),          # M > N, D over two tiles, eps 0.01
@@ -47,7 +55,7 @@ FIELDS = ("tokens", "mass", "confidence", "distance", "f", "g")
 def run(sample, dtype, path):
     x, y, aw, sw = on(*inputs(sample, dtype))
     out = K.sinkhorn_aggregate(x, y, aw, sw, sample.eps, 1.0, sample.max_iter, sample.tol,
-                               sample.tau, sample.keep, onchip_max=PATHS[path])
+                               sample.tau, sample.keep, path=path)
     return ak.AggregateResult(*cpu(out), None)
 
 
@@ -98,7 +106,7 @@ def test_sinkhorn_on_a_given_cost_matches_reference(sample, path):
                              max_iter=sample.max_iter, tol=sample.tol)
     cost = torch.from_numpy(cost64).float()
     f, g, iterations, error = cpu(K.sinkhorn(*on(cost, aw, sw), sample.eps, sample.max_iter,
-                                             sample.tol, onchip_max=PATHS[path]))
+                                             sample.tol, path=path))
     assert max_err(f, stack(ref, "f")) < 2e-5 and max_err(g, stack(ref, "g")) < 2e-5
     assert np.abs(iterations.numpy() - np.array([r.iterations for r in ref])).max() <= 1
 
@@ -123,11 +131,11 @@ def test_padding_is_inert_and_problems_stop_independently():
     sw[:, 10:] = 0
     xp = torch.cat([x, torch.randn(3, 2, 8)], 1)
     yp = torch.cat([y, torch.randn(3, 3, 8)], 1)
-    for om in PATHS.values():
+    for path in PATHS:
         plain = cpu(K.sinkhorn_aggregate(*on(x, y), None, None, s.eps, 1.0, s.max_iter, s.tol,
-                                         onchip_max=om))
+                                         path=path))
         padded = cpu(K.sinkhorn_aggregate(*on(xp, yp, aw, sw), s.eps, 1.0, s.max_iter, s.tol,
-                                          onchip_max=om))
+                                          path=path))
         torch.testing.assert_close(padded[0][:, :6], plain[0], rtol=0, atol=2e-6)
         assert torch.isinf(padded[6][:, 6:]).all() and torch.isinf(padded[7][:, 10:]).all()
         assert torch.equal(padded[5], plain[5]) and len(set(plain[5].tolist())) > 1
@@ -210,12 +218,14 @@ def test_launchers_are_the_ops_cuda_kernels():
 @pytest.mark.parametrize("sample,path", [
     (Sample(1, 40, 150, 70, max_iter=30), "stream"),
     (Sample(2, 37, 70, 20, max_iter=30, keep=9, weights="pad"), "stream"),
-    (Sample(1, 126, 70, 64, max_iter=20), "onchip"),  # the paper's frame, 128 x 128 blocks
+    (Sample(2, 37, 70, 20, max_iter=30, keep=9, weights="pad"), "sweep"),
+    (Sample(1, 126, 70, 64, max_iter=20), "sweep"),  # the paper's frame: rows of 128
+    (Sample(1, 60, 50, 40, max_iter=20), "resident"),  # the largest resident tile, 64 x 64
 ], ids=lambda v: v.name if isinstance(v, Sample) else v)
 def test_larger_problems_match_reference(sample, path):
     """Streaming: rows over two tiles of 32, sources over several tiles of 64, D over two tiles
-    (the online log-sum-exp and the atomically summed error must see every tile once). On chip:
-    the paper's frame size in one program."""
+    (the online log-sum-exp and the atomically summed error must see every tile once). Sweep:
+    one-row chunks of 128-wide rows, the paper's frame among them. Resident: a 64 x 64 tile."""
     ref = reference(sample, torch.float32)
     out = run(sample, torch.float32, path)
     torch_out = ak.sinkhorn_aggregate(*inputs(sample, torch.float32)[:2],
@@ -226,3 +236,58 @@ def test_larger_problems_match_reference(sample, path):
         baseline = max_err(getattr(torch_out, name), expected)
         assert max_err(getattr(out, name), expected) <= MULT[torch.float32] * baseline + ATOL[torch.float32], name
     assert np.array_equal(out.kept.numpy(), stack(ref, "kept").astype(bool))
+
+
+class _Broken:
+    """Stands in for a Triton kernel whose launch fails (as on an unsupported GPU)."""
+
+    def __init__(self, kernel):
+        self.fn = kernel.fn
+
+    def __getitem__(self, grid):
+        def fail(*args, **kwargs):
+            raise RuntimeError("out of resource: shared memory, Required: 300000, Hardware limit: 232448")
+        return fail
+
+
+def test_a_failing_kernel_falls_back_to_torch_with_one_warning(monkeypatch):
+    monkeypatch.delenv("AOT_KERNELS_STRICT")
+    monkeypatch.setattr(K, "_fold", _Broken(K._fold))
+    monkeypatch.setattr(gpu, "_warned", set())
+    x, y, _, _ = inputs(Sample(2, 5, 7, 12), torch.float32)
+    with pytest.warns(RuntimeWarning, match=r"Triton kernel _fold failed: RuntimeError: out of "
+                                            r"resource.*torch backend.*AOT_KERNELS_STRICT=1"):
+        got = ak.sinkhorn_aggregate(*on(x, y), keep=2, backend="triton")
+    want = ak.sinkhorn_aggregate(x, y, keep=2, backend="torch")
+    for name in FIELDS + ("kept", "iterations"):
+        torch.testing.assert_close(getattr(got, name).cpu(), getattr(want, name), rtol=0, atol=0)
+    import warnings
+    with warnings.catch_warnings():  # warned once: the next call is quiet
+        warnings.simplefilter("error")
+        ak.sinkhorn_aggregate(*on(x, y), backend="triton")
+        frames = torch.randn(2, 3, 5, 8)
+        clip = ak.clip_aggregate(*on(frames), keep=torch.ones(2, 3, dtype=torch.long),
+                                 backend="triton")
+    want = ak.clip_aggregate(frames, keep=torch.ones(2, 3, dtype=torch.long), backend="torch")
+    for got_field, want_field in zip(clip, want):
+        torch.testing.assert_close(got_field.cpu(), want_field, rtol=0, atol=0)
+
+
+def test_strict_mode_raises_the_kernel_failure(monkeypatch):
+    monkeypatch.setenv("AOT_KERNELS_STRICT", "1")
+    monkeypatch.setattr(K, "_solve_kernel", _Broken(K._solve_kernel))
+    x, y, _, _ = inputs(Sample(2, 5, 7, 12), torch.float32)
+    with pytest.raises(gpu.KernelError, match="_solve_kernel failed: RuntimeError: out of resource"):
+        ak.sinkhorn_aggregate(*on(x, y), backend="triton")
+
+
+def test_solve_path_routes_by_size_and_checks_forced_paths():
+    assert K.solve_path(17, 40) == "resident"  # 32 x 64 padded
+    assert K.solve_path(126, 70) == "sweep" and K.solve_path(126, 603) == "sweep"
+    assert K.solve_path(17, 8192) == "stream"
+    with pytest.raises(ValueError, match="path='resident' holds at most"):
+        K.solve_path(126, 126, "resident")
+    with pytest.raises(ValueError, match="path='sweep' holds rows of at most"):
+        K.solve_path(2, 5000, "sweep")
+    with pytest.raises(ValueError, match="path must be one of"):
+        K.solve_path(2, 2, "onchip")

@@ -4,16 +4,23 @@ Importing this package never fails: HAS_TRITON says whether triton imported, TRI
 not. `register()` makes the Triton launchers the CUDA kernels of the ops defined in
 csrc/schemas.cpp (so autograd, fake kernels and torch.compile work as on CPU). With
 TRITON_INTERPRET=1 the same launchers run on CPU tensors (backend="triton"), which is how CI
-tests them without a GPU.
+tests them without a GPU; `python -m aot_kernels.gpu.compile_check` compiles them for real.
+
+A kernel that fails to compile or launch never crashes a user: the call warns once (naming the
+kernel and the cause) and is served by the torch backend. AOT_KERNELS_STRICT=1 raises instead.
 """
 from __future__ import annotations
+
+import warnings
+
+from .. import composite
 
 try:
     import triton  # noqa: F401
 
     from . import cost_kernels as _cost_mod
     from . import sinkhorn_kernels as _sinkhorn_mod
-    from .common import interpreting
+    from .common import KernelError, interpreting, strict  # noqa: F401 (KernelError: public)
 
     HAS_TRITON = True
     TRITON_ERROR = None
@@ -25,25 +32,49 @@ except Exception as exc:  # ImportError, or a triton that cannot initialise here
         return False
 
 _registered = False
+_warned = set()
+
+
+def _guarded(launcher, fallback, *args):
+    """launcher(*args), or fallback(*args) with a one-time warning if a kernel fails."""
+    try:
+        return launcher(*args)
+    except KernelError as exc:
+        if strict():
+            raise
+        key = (exc.kernel, type(exc.cause).__name__)
+        if key not in _warned:
+            _warned.add(key)
+            warnings.warn(f"aot_kernels: {exc}; this call (and any like it) runs on the torch "
+                          "backend instead. Set AOT_KERNELS_STRICT=1 to raise.",
+                          RuntimeWarning, stacklevel=3)
+        return fallback(*args)
+
+
+def _torch_cosine_cost(x, y):
+    return composite.cosine_cost(x, y).to(x.dtype)
 
 
 def cosine_cost(x, y):
-    return _cost_mod.cosine_cost(x, y)
+    return _guarded(_cost_mod.cosine_cost, _torch_cosine_cost, x, y)
 
 
 def sinkhorn(cost, anchor_weight, source_weight, eps, max_iter, tol):
-    return _sinkhorn_mod.sinkhorn(cost, anchor_weight, source_weight, eps, max_iter, tol)
+    return _guarded(_sinkhorn_mod.sinkhorn, composite.sinkhorn_op, cost, anchor_weight,
+                    source_weight, eps, max_iter, tol)
 
 
 def sinkhorn_aggregate(anchors, sources, anchor_weight, source_weight, eps, lam, max_iter, tol,
                        tau=None, keep=None):
-    return _sinkhorn_mod.sinkhorn_aggregate(anchors, sources, anchor_weight, source_weight, eps,
-                                            lam, max_iter, tol, tau, keep)
+    return _guarded(_sinkhorn_mod.sinkhorn_aggregate, composite.sinkhorn_aggregate, anchors,
+                    sources, anchor_weight, source_weight, eps, lam, max_iter, tol, tau, keep)
 
 
-def clip_aggregate(frames, lengths, sizes, anchor_weight, eps, lam, max_iter, tol, tau, keep):
-    return _sinkhorn_mod.clip_aggregate(frames, lengths, sizes, anchor_weight, eps, lam, max_iter,
-                                        tol, tau, keep)
+def clip_aggregate(frames, lengths, sizes, anchor_weight, eps, lam, max_iter, tol, tau, keep,
+                   fallback):
+    """The clip scan on the GPU; `fallback` (same arguments) serves the call if a kernel fails."""
+    return _guarded(_sinkhorn_mod.clip_aggregate, fallback, frames, lengths, sizes,
+                    anchor_weight, eps, lam, max_iter, tol, tau, keep)
 
 
 def register() -> bool:

@@ -26,3 +26,33 @@ def dot_flags(dtype: torch.dtype):
     if dtype in (torch.float16, torch.bfloat16):
         return True, False
     return False, bool(torch.backends.cuda.matmul.allow_tf32)
+
+
+class KernelError(RuntimeError):
+    """A Triton kernel failed to compile or launch (unsupported GPU, old driver, out of
+    resources). `kernel` names it; the cause is chained."""
+
+    def __init__(self, kernel: str, cause: BaseException):
+        super().__init__(f"Triton kernel {kernel} failed: {type(cause).__name__}: {cause}")
+        self.kernel = kernel
+        self.cause = cause
+
+
+# Set by compile_check: called instead of launching, with (kernel, grid, args, kwargs).
+compile_only = None
+
+
+def launch(kernel, grid, *args, **kwargs):
+    """kernel[grid](*args, **kwargs); a failure is raised as KernelError naming the kernel.
+    Under the compile gate (compile_only set) the kernel is compiled, not run."""
+    if compile_only is not None:
+        return compile_only(kernel, grid, args, kwargs)
+    try:
+        return kernel[grid](*args, **kwargs)
+    except Exception as exc:  # compile errors, OutOfResources, driver errors: all name the kernel
+        raise KernelError(kernel.fn.__name__, exc) from exc
+
+
+def strict() -> bool:
+    """AOT_KERNELS_STRICT=1: a failing kernel raises instead of falling back to torch."""
+    return os.environ.get("AOT_KERNELS_STRICT", "0") == "1"

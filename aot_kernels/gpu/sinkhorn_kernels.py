@@ -1,15 +1,44 @@
-"""Triton Sinkhorn (SPEC §2) and fused cost + Sinkhorn + aggregation (SPEC §3, §5 step).
+"""Triton Sinkhorn (SPEC §2) and cost + Sinkhorn + aggregation (SPEC §3, §5 step).
 
-Two paths, one contract (the outputs of torch.ops.aot.sinkhorn / sinkhorn_aggregate):
-- on chip (BLOCK_M x BLOCK_N <= ONCHIP_MAX, e.g. 256 x 256): one program per problem computes the
-  cost with tl.dot, keeps it in registers for every iteration, stops on its own, and writes only
-  the aggregated tokens, f, g and per-source statistics; the plan never reaches global memory.
-- streaming (larger N, up to thousands): the cost goes to an fp32 workspace once, then each
-  iteration is a row pass, a tiny bookkeeping pass and a column pass over tiles with an online
-  log-sum-exp. Stopping is decided on the device (an `active` flag per problem), so the host
-  launches max_iter rounds without ever synchronising.
-Both use the error of the current potentials that the next row pass gives for free:
-sum_i T_ji = exp(f_j / eps + LSE_i((g_i - C_ji) / eps)).
+One contract (the outputs of torch.ops.aot.sinkhorn / sinkhorn_aggregate), four small kernels:
+
+  cost    `cosine_cost` (cost_kernels.py): C [B,M,N] into an fp32 workspace, a grid over
+          (problem, 64 x 64 tile), so the GEMM uses every SM; tensor cores for fp16/bf16.
+  solve   one program per problem runs the whole Sinkhorn loop and stops on its own:
+          - "resident" (padded BM x BN <= 64 x 64): the tile sits in registers, ~16 fp32 a thread;
+          - "sweep" (BN <= 4096, any M): each iteration is one pass over row chunks of the
+            workspace (ROWS x BN = 2048 entries): the row log-sum-exp gives f for the chunk,
+            which feeds an online column log-sum-exp, which gives g at the end of the pass. A
+            problem's workspace (32 KB at 126 x 70, 64 KB at 126 x 126, 320 KB at 126 x 603) is
+            re-read each iteration from L1/L2 (50 MB of L2 on an H100), never from spilled
+            registers, whatever the size;
+          - "stream" (wider rows, or when asked): a row pass, a bookkeeping pass and a column
+            pass per iteration over a grid of tiles, with per-problem `active` flags on the
+            device, so the host launches max_iter rounds without synchronising.
+  stats   `_column_stats`: per source column sum, confidence q_i and the distance, a grid over
+          (problem, column tile); the keep / tau choice is a few torch ops (no host sync).
+  fold    `_fold`: tokens_j = (x_j + lam sum_i W_ji y_i) / (1 + lam sum_i W_ji), W_ji = T_ji
+          scale_i recomputed from (f, g, C) per tile, a grid over (problem, row tile, D tile).
+The plan [B,M,N] never reaches global memory. The error test of iteration k comes for free from
+the next row pass: sum_i T_ji = exp(f_j/eps + LSE_i((g_i - C_ji)/eps)).
+
+Resources at the paper's shapes, fp16, from `python -m aot_kernels.gpu.compile_check` (triton
+3.9; registers / thread, sm_80 | sm_90; no spill anywhere on them; shared memory per block):
+  126<-70 (D 1152), 126<-126 (keep), clip steps at M 126: solve sweep BN 128, 16 rows, 4 warps,
+      127 | 119 regs, 1 KB; cost 243 | 229 regs, 17 KB; stats 72 | 64; fold 146 | 147, 21 KB
+  108<-61 (D 3584): solve sweep BN 64, 32 rows, 4 warps, 168 | 138 regs
+  126<-603 (D 3584, the authors' pipeline): solve sweep BN 1024, 2 rows, 4 warps, 117 | 119 regs
+With <= 21 KB of shared memory and <= 255 registers x 128-256 threads, 2-3 solve programs fit on
+an SM (register-bound); the grid kernels (cost, stats, fold) have B x tiles programs.
+Why this shape: the first design held a whole 128 x 128 problem plus its cost GEMM, the keep
+ranking ([BN,BN] comparisons) and the fold's operands in one program: 255 registers and 0.5-3 KB
+of spill per thread at every paper shape, 144 KB of shared memory, and ptxas failed at 256 x 256.
+Even the Sinkhorn loop alone on a 128 x 128 tile spills at 32 warps (64 registers each), hence
+the sweep. Expected bounds (not yet measured on a GPU): the cost and fold are small GEMMs
+(32 x 126 x 70 x 1152 is 0.65 GFLOP); the solve does 2 exponentials per padded entry per iteration
+on one SM per problem (MUFU: 16 a clock per SM), so a 128 x 128 frame costs ~2K clocks (~1.2 us)
+per iteration plus the pass's L1 latency, and 32 frames use 32 of an H100's 132 SMs: the loop's
+latency, not bandwidth, bounds the intra-frame step. The clip steps batch over clips.
 """
 from __future__ import annotations
 
@@ -18,11 +47,10 @@ import triton
 import triton.language as tl
 
 from .. import composite
-from .common import dot_flags, next_pow2
-from .cost_kernels import cosine_cost, cosine_from_dot, dot_tile
+from .common import dot_flags, launch, next_pow2
+from .cost_kernels import cosine_cost
 
-ONCHIP_MAX = 256 * 256  # cost entries one program keeps in registers
-NEG_INF = float("-inf")
+NEG_INF = tl.constexpr(float("-inf"))  # a constexpr global: the compiler rejects plain ones
 MODE_SINKHORN, MODE_INTRA, MODE_TAU, MODE_KEEP = 0, 1, 2, 3
 
 
@@ -59,144 +87,84 @@ def _solve(scaled, a, s, eps, max_iter, tol, BLOCK_M: tl.constexpr):
     return f, g, it, err
 
 
-@triton.jit
-def _fold_weights(plan, live_n, rn, tau, keep, MODE: tl.constexpr):
-    """From the plan [BM,BN]: confidence q_i = max_j T_ji / sum_j T_ji, the kept (dynamic)
-    sources, and the folding weights W: T (intra, MODE 1), or p_ij on the stable sources
-    (MODE 2: q < tau dynamic; MODE 3: the `keep` lowest q, ties to the lower index)."""
-    column = tl.sum(plan, 0)
-    ok = live_n & (column > 0)
-    inv_col = tl.where(ok, 1.0 / tl.where(ok, column, 1.0), 0.0)
-    confidence = tl.max(plan, 0) * inv_col
-    if MODE == 1:
-        weight = plan
-        kept = rn < 0
-    else:
-        if MODE == 2:
-            kept = live_n & (confidence < tau)
-        else:
-            qi = confidence[:, None]
-            qk = confidence[None, :]
-            before = ((qk < qi) | ((qk == qi) & (rn[None, :] < rn[:, None]))) & live_n[None, :]
-            kept = live_n & (tl.sum(before.to(tl.int32), 1) < keep)
-        weight = plan * tl.where(kept, 0.0, inv_col)[None, :]
-    return weight, kept, confidence
-
 
 @triton.jit
-def _fused_kernel(X, Y, COST, A, S,
-                  TOK, MASS, CONF, KEPT, DIST, ITERS, F, G, ERR,
-                  M, N, D, eps, lam, max_iter, tol, tau, keep,
-                  HAS_COST: tl.constexpr, MODE: tl.constexpr, NATIVE_DOT: tl.constexpr,
-                  TF32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BLOCK_D: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    rm = tl.arange(0, BLOCK_M)
-    rn = tl.arange(0, BLOCK_N)
-    in_m = rm < M
-    in_n = rn < N
-    # Marginals (fp32, already balanced by the launcher); zero weight = padding.
-    a = tl.load(A + b * M + rm, mask=in_m, other=0.0)
-    s = tl.load(S + b * N + rn, mask=in_n, other=0.0)
-    live_m = a > 0
-    live_n = s > 0
-    if HAS_COST:
-        cost = tl.load(COST + b * M * N + rm[:, None] * N + rn[None, :],
-                       mask=in_m[:, None] & in_n[None, :], other=0.0).to(tl.float32)
-    else:
-        acc, xn, yn = dot_tile(X, Y, M, N, D, rm, rn, b * M * D, b * N * D,
-                               NATIVE_DOT, TF32, BLOCK_M, BLOCK_N, BLOCK_D)
-        cost = cosine_from_dot(acc, xn, yn)
+def _sweep(COST, A, FS, g, live_n, log_s, rn, cb, ab, f_old, f_new, M, N, eps,
+           BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
+    """One Sinkhorn iteration over row chunks of the workspace: f_new from g (row LSE), and the
+    g that follows from f_new (online column LSE). Also returns the row error of (f_old, g)."""
     inv_eps = 1.0 / eps
-    scaled = cost * inv_eps
-    f, g, it, err = _solve(scaled, a, s, eps, max_iter, tol, BLOCK_M)
-    tl.store(F + b * M + rm, f, mask=in_m)
+    top = tl.full([BLOCK_N], NEG_INF, tl.float32)
+    total = tl.zeros([BLOCK_N], dtype=tl.float32)
+    err = tl.sum(tl.zeros([ROWS], dtype=tl.float32), 0)
+    for r0 in range(0, M, ROWS):
+        rm = r0 + tl.arange(0, ROWS)
+        in_m = rm < M
+        a = tl.load(A + ab + rm, mask=in_m, other=0.0)
+        live_m = a > 0
+        c = tl.load(COST + cb + rm[:, None] * N + rn[None, :],
+                    mask=in_m[:, None] & (rn < N)[None, :], other=0.0)
+        lse = _lse(tl.where(live_n[None, :], (g[None, :] - c) * inv_eps, NEG_INF), 1)
+        old = tl.load(FS + f_old + rm, mask=in_m, other=0.0)
+        err += tl.sum(tl.where(live_m, tl.abs(tl.exp(old * inv_eps + lse) - a), 0.0), 0)
+        f = tl.where(live_m, eps * (tl.log(tl.where(live_m, a, 1.0)) - lse), NEG_INF)
+        tl.store(FS + f_new + rm, f, mask=in_m)
+        top, total = _online_lse(top, total, tl.where(live_m[:, None], (f[:, None] - c) * inv_eps,
+                                                      NEG_INF), 0)
+    return tl.where(live_n, eps * (log_s - (top + tl.log(total))), NEG_INF), err
+
+
+@triton.jit(do_not_specialize=["M", "N", "fs_len", "max_iter"])
+def _solve_kernel(COST, A, S, FS, F, G, ITERS, ERR, M, N, fs_len, eps, max_iter, tol,
+                  RESIDENT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  ROWS: tl.constexpr):
+    """Sinkhorn of one problem per program on the fp32 cost C [M,N] (workspace), stopping on
+    its own (SPEC §2). Resident: the BLOCK_M x BLOCK_N tile in registers. Sweep: row chunks of
+    ROWS x BLOCK_N; FS [2, fs_len] per problem holds f of the current and the next iterate
+    (zero-initialised)."""
+    b = tl.program_id(0).to(tl.int64)
+    rn = tl.arange(0, BLOCK_N)
+    in_n = rn < N
+    s = tl.load(S + b * N + rn, mask=in_n, other=0.0)
+    live_n = s > 0
+    if RESIDENT:
+        rm = tl.arange(0, BLOCK_M)
+        in_m = rm < M
+        a = tl.load(A + b * M + rm, mask=in_m, other=0.0)
+        cost = tl.load(COST + b * M * N + rm[:, None] * N + rn[None, :],
+                       mask=in_m[:, None] & in_n[None, :], other=0.0)
+        f, g, it, err = _solve(cost * (1.0 / eps), a, s, eps, max_iter, tol, BLOCK_M)
+        tl.store(F + b * M + rm, f, mask=in_m)
+    else:
+        log_s = tl.where(live_n, tl.log(tl.where(live_n, s, 1.0)), NEG_INF)
+        g = tl.where(live_n, 0.0, NEG_INF)
+        fb = b * 2 * fs_len
+        cur = 0
+        it = 0
+        err = tl.sum(tl.zeros([ROWS], dtype=tl.float32), 0) + float("inf")
+        running = 1
+        while running != 0:
+            g_next, err_cur = _sweep(COST, A, FS, g, live_n, log_s, rn, b * M * N, b * M,
+                                     fb + cur * fs_len, fb + (1 - cur) * fs_len, M, N, eps,
+                                     BLOCK_N, ROWS)
+            tl.debug_barrier()  # this pass's f stores before the next pass's loads
+            if ((it > 0) & (err_cur < tol)) | (it >= max_iter):
+                running = 0
+                if it > 0:
+                    err = err_cur
+            else:
+                g = g_next
+                cur = 1 - cur
+                it += 1
+        for r0 in range(0, M, ROWS):
+            rm = r0 + tl.arange(0, ROWS)
+            tl.store(F + b * M + rm, tl.load(FS + fb + cur * fs_len + rm, mask=rm < M), mask=rm < M)
     tl.store(G + b * N + rn, g, mask=in_n)
     tl.store(ITERS + b, it.to(tl.int64))
     tl.store(ERR + b, err)
 
-    if MODE != 0:
-        live = live_m[:, None] & live_n[None, :]
-        plan = tl.where(live, tl.exp((f[:, None] + g[None, :]) * inv_eps - scaled), 0.0)
-        tl.store(DIST + b, tl.sum(tl.sum(plan * cost, 1), 0))
-        weight, kept, confidence = _fold_weights(plan, live_n, rn, tau, keep, MODE)
-        tl.store(CONF + b * N + rn, confidence, mask=in_n)
-        tl.store(KEPT + b * N + rn, kept.to(tl.int8), mask=in_n)
-        mass = tl.sum(weight, 1)
-        tl.store(MASS + b * M + rm, mass, mask=in_m)
-        _fold_tokens(X, Y, TOK, b * M * D, b * N * D, b * M * D, weight, 1.0 + lam * mass, lam,
-                     rm, rn, M, N, D, TF32, BLOCK_D)
 
-
-@triton.jit
-def _fold_tokens(X, Y, OUT, xb, yb, ob, weight, denom, lam, rm, rn, M, N, D,
-                 TF32: tl.constexpr, BLOCK_D: tl.constexpr):
-    """out_j = (x_j + lam sum_i W_ji y_i) / denom_j over D in tiles (OUT may be X: each tile is
-    read before it is written)."""
-    in_m = rm < M
-    in_n = rn < N
-    for d0 in range(0, D, BLOCK_D):
-        rd = d0 + tl.arange(0, BLOCK_D)
-        in_d = rd < D
-        yt = tl.load(Y + yb + rn[:, None] * D + rd[None, :],
-                     mask=in_n[:, None] & in_d[None, :], other=0.0).to(tl.float32)
-        xt = tl.load(X + xb + rm[:, None] * D + rd[None, :],
-                     mask=in_m[:, None] & in_d[None, :], other=0.0).to(tl.float32)
-        if TF32:
-            folded = tl.dot(weight, yt, input_precision="tf32")
-        else:
-            folded = tl.dot(weight, yt, input_precision="ieee")
-        out = (xt + lam * folded) / denom[:, None]
-        tl.store(OUT + ob + rm[:, None] * D + rd[None, :], out.to(OUT.dtype.element_ty),
-                 mask=in_m[:, None] & in_d[None, :])
-
-
-@triton.jit
-def _clip_kernel(FRAMES, SIZES, ANCH, ASIZE, LENGTHS, KEEP, AW, KEPT, CONF,
-                 L, M, D, eps, lam, max_iter, tol, tau,
-                 HAS_AW: tl.constexpr, MODE: tl.constexpr, NATIVE_DOT: tl.constexpr,
-                 TF32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """One clip per program (SPEC §5): its anchors (ANCH, initialised to the first frame) absorb
-    frames 1..length-1 in order, each step a fused cost + Sinkhorn + fold on chip. ANCH is
-    updated in place; a barrier orders one step's stores before the next step's loads."""
-    c = tl.program_id(0).to(tl.int64)
-    rm = tl.arange(0, BLOCK_M)
-    in_m = rm < M
-    if HAS_AW:
-        a = tl.load(AW + c * M + rm, mask=in_m, other=0.0)
-    else:
-        a = tl.where(in_m, 1.0 / M, 0.0)
-    s = tl.where(in_m, tl.sum(a, 0) / M, 0.0)  # uniform sources, balanced to the anchors' total
-    live = (a > 0)[:, None] & (s > 0)[None, :]
-    inv_eps = 1.0 / eps
-    sizes = tl.load(ASIZE + c * M + rm, mask=in_m, other=0.0)
-    length = tl.load(LENGTHS + c)
-    for step in range(1, L):
-        if step < length:
-            fb = (c * L + step) * M * D
-            acc, xn, yn = dot_tile(ANCH, FRAMES, M, M, D, rm, rm, c * M * D, fb,
-                                   NATIVE_DOT, TF32, BLOCK_M, BLOCK_M, BLOCK_D)
-            cost = cosine_from_dot(acc, xn, yn)
-            scaled = cost * inv_eps
-            f, g, it, err = _solve(scaled, a, s, eps, max_iter, tol, BLOCK_M)
-            plan = tl.where(live, tl.exp((f[:, None] + g[None, :]) * inv_eps - scaled), 0.0)
-            if MODE == 3:
-                count = tl.load(KEEP + c * L + step)
-            else:
-                count = 0
-            weight, kept, confidence = _fold_weights(plan, s > 0, rm, tau, count, MODE)
-            tl.store(KEPT + (c * L + step) * M + rm, kept.to(tl.int8), mask=in_m)
-            tl.store(CONF + (c * L + step) * M + rm, confidence, mask=in_m)
-            source_sizes = tl.load(SIZES + (c * L + step) * M + rm, mask=in_m, other=0.0)
-            sizes += tl.sum(weight * source_sizes[None, :], 1)
-            mass = tl.sum(weight, 1)
-            _fold_tokens(ANCH, FRAMES, ANCH, c * M * D, fb, c * M * D, weight, 1.0 + lam * mass,
-                         lam, rm, rm, M, M, D, TF32, BLOCK_D)
-            tl.debug_barrier()
-    tl.store(ASIZE + c * M + rm, sizes, mask=in_m)
-
-
-# ---- streaming path ---------------------------------------------------------------------------
+# ---- grid kernels (stream passes, statistics, fold) -------------------------------------------
 
 @triton.jit
 def _online_lse(top, total, z, axis: tl.constexpr):
@@ -207,7 +175,7 @@ def _online_lse(top, total, z, axis: tl.constexpr):
     return new_top, total * tl.where(top > NEG_INF, tl.exp(top - new_top), 0.0) + grown
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "N"])
 def _row_pass(COST, A, F, G, LSE, ERRACC, ACTIVE, M, N, eps,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """LSE_i((g_i - C_ji)/eps) for a tile of rows (online over column tiles), and their share of
@@ -235,7 +203,7 @@ def _row_pass(COST, A, F, G, LSE, ERRACC, ACTIVE, M, N, eps,
         tl.atomic_add(ERRACC + b, share)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["max_iter"])
 def _bookkeeping(ERRACC, ERR, ITERS, ACTIVE, max_iter, tol):
     """After a row pass: stop a problem whose current potentials meet tol (or that has done
     max_iter iterations); otherwise count the iteration the column pass is about to make."""
@@ -251,7 +219,7 @@ def _bookkeeping(ERRACC, ERR, ITERS, ACTIVE, max_iter, tol):
         tl.store(ERRACC + b, 0.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "N"])
 def _col_pass(COST, A, S, LSE, F, G, ACTIVE, M, N, eps,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """f_j = eps log a_j - eps LSE_j (from the row pass), then g for a tile of columns. The first
@@ -281,7 +249,7 @@ def _col_pass(COST, A, S, LSE, F, G, ACTIVE, M, N, eps,
         tl.store(G + b * N + rn, g, mask=in_n)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "N"])
 def _column_stats(COST, F, G, COLUMN, CONF, DIST, M, N, eps,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Per source: plan column sum and confidence q_i = max_j T_ji / sum_j T_ji; and the
@@ -311,11 +279,13 @@ def _column_stats(COST, F, G, COLUMN, CONF, DIST, M, N, eps,
     tl.atomic_add(DIST + b, tl.sum(dist, 0))
 
 
-@triton.jit
-def _fold(X, Y, COST, F, G, SCALE, TOK, MASS, M, N, D, eps, lam,
-          TF32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+@triton.jit(do_not_specialize=["M", "N", "D"])
+def _fold(X, Y, COST, F, G, SCALE, TOK, MASS, SIZES, CARRIED, M, N, D, eps, lam,
+          HAS_SIZES: tl.constexpr, TF32: tl.constexpr, BLOCK_M: tl.constexpr,
+          BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """tokens_j = (x_j + lam sum_i W_ji y_i) / (1 + lam sum_i W_ji), W_ji = T_ji * scale_i, for a
-    tile of anchors and of features, streaming over sources."""
+    tile of anchors and of features, streaming over sources. TOK may be X (each program reads
+    its tile before writing it). HAS_SIZES: also CARRIED_j = sum_i W_ji SIZES_i (clip steps)."""
     b = tl.program_id(0).to(tl.int64)
     rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     rd = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -325,6 +295,7 @@ def _fold(X, Y, COST, F, G, SCALE, TOK, MASS, M, N, D, eps, lam,
     f = tl.load(F + b * M + rm, mask=in_m, other=NEG_INF)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     mass = tl.zeros([BLOCK_M], dtype=tl.float32)
+    carried = tl.zeros([BLOCK_M], dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         rn = n0 + tl.arange(0, BLOCK_N)
         in_n = rn < N
@@ -335,6 +306,9 @@ def _fold(X, Y, COST, F, G, SCALE, TOK, MASS, M, N, D, eps, lam,
         live = (f > NEG_INF)[:, None] & (g > NEG_INF)[None, :]
         weight = tl.where(live, tl.exp((f[:, None] + g[None, :] - c) * inv_eps), 0.0) * scale[None, :]
         mass += tl.sum(weight, 1)
+        if HAS_SIZES:
+            size = tl.load(SIZES + b * N + rn, mask=in_n, other=0.0)
+            carried += tl.sum(weight * size[None, :], 1)
         yt = tl.load(Y + b * N * D + rn[:, None] * D + rd[None, :],
                      mask=in_n[:, None] & in_d[None, :], other=0.0).to(tl.float32)
         if TF32:
@@ -348,24 +322,38 @@ def _fold(X, Y, COST, F, G, SCALE, TOK, MASS, M, N, D, eps, lam,
              mask=in_m[:, None] & in_d[None, :])
     if tl.program_id(2) == 0:
         tl.store(MASS + b * M + rm, mass, mask=in_m)
+        if HAS_SIZES:
+            tl.store(CARRIED + b * M + rm, carried, mask=in_m)
 
 
 # ---- launchers ---------------------------------------------------------------------------------
 
 STREAM_M, STREAM_N, STREAM_D = 32, 64, 64
+FOLD_N = 32  # sources per fold step: fp32 weights and features [32 x 64] stay unspilled
+RESIDENT_MAX = 64 * 64   # padded entries held in registers by one program (8 warps)
+SWEEP_ELEMS = 2048        # entries of one row chunk of the sweep (8-16 per thread)
+SWEEP_MAX_N = 4096        # widest padded row the sweep holds (its column LSE state in registers)
+# Warps of the sweep per padded row width, chosen with the compile gate: ptxas caps registers
+# unevenly by width (4 warps spill at 256 and 4096 wide on sm_90, 8 warps at 64 and 512 on sm_80).
+SWEEP_WARPS = {256: 8, 4096: 8}
+PATHS = ("auto", "resident", "sweep", "stream")
 
 
-def _warps(elements: int) -> int:
-    return 4 if elements <= 64 * 64 else 8 if elements <= 128 * 128 else 16
-
-
-def _fits_on_chip(m: int, n: int, onchip_max: int) -> bool:
-    return next_pow2(m) * next_pow2(n) <= onchip_max
-
-
-def _balanced(anchor_weight, source_weight, b, m, n, device):
-    a, s = composite.marginals(anchor_weight, source_weight, b, m, n, torch.float32, device)
-    return a.contiguous(), s.contiguous()
+def solve_path(m: int, n: int, path: str = "auto") -> str:
+    """Which solve kernel serves an M x N problem: "resident" (one program, registers),
+    "sweep" (one program, row chunks of the workspace) or "stream" (a grid per pass)."""
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    bm, bn = next_pow2(m), next_pow2(n)
+    if path == "resident" and bm * bn > RESIDENT_MAX:
+        raise ValueError(f"path='resident' holds at most {RESIDENT_MAX} padded entries, got {bm} x {bn}")
+    if path == "sweep" and bn > SWEEP_MAX_N:
+        raise ValueError(f"path='sweep' holds rows of at most {SWEEP_MAX_N} sources, got {bn}")
+    if path != "auto":
+        return path
+    if bm * bn <= RESIDENT_MAX:
+        return "resident"
+    return "sweep" if bn <= SWEEP_MAX_N else "stream"
 
 
 def _solve_streaming(cost32, a, s, eps, max_iter, tol):
@@ -373,7 +361,7 @@ def _solve_streaming(cost32, a, s, eps, max_iter, tol):
     b, m, n = cost32.shape
     dev = cost32.device
     f = torch.zeros(b, m, dtype=torch.float32, device=dev)
-    g = torch.where(s > 0, 0.0, NEG_INF).to(torch.float32).contiguous()
+    g = torch.where(s > 0, 0.0, float("-inf")).to(torch.float32).contiguous()
     lse = torch.empty(b, m, dtype=torch.float32, device=dev)
     err_acc = torch.zeros(b, dtype=torch.float32, device=dev)
     error = torch.full((b,), float("inf"), dtype=torch.float32, device=dev)
@@ -381,112 +369,141 @@ def _solve_streaming(cost32, a, s, eps, max_iter, tol):
     active = torch.ones(b, dtype=torch.int32, device=dev)
     rows, cols = (b, triton.cdiv(m, STREAM_M)), (b, triton.cdiv(n, STREAM_N))
     for k in range(max_iter + 1):
-        _row_pass[rows](cost32, a, f, g, lse, err_acc, active, m, n, float(eps),
-                        BLOCK_M=STREAM_M, BLOCK_N=STREAM_N, num_warps=4)
-        _bookkeeping[(b,)](err_acc, error, iterations, active, int(max_iter), float(tol), num_warps=1)
+        launch(_row_pass, rows, cost32, a, f, g, lse, err_acc, active, m, n, float(eps),
+               BLOCK_M=STREAM_M, BLOCK_N=STREAM_N, num_warps=4)
+        launch(_bookkeeping, (b,), err_acc, error, iterations, active, int(max_iter), float(tol),
+               num_warps=1)
         if k < max_iter:
-            _col_pass[cols](cost32, a, s, lse, f, g, active, m, n, float(eps),
-                            BLOCK_M=STREAM_M, BLOCK_N=STREAM_N, num_warps=4)
+            launch(_col_pass, cols, cost32, a, s, lse, f, g, active, m, n, float(eps),
+                   BLOCK_M=STREAM_M, BLOCK_N=STREAM_N, num_warps=4)
     return f, g, iterations, error
 
 
-def sinkhorn(cost, anchor_weight, source_weight, eps, max_iter, tol, onchip_max=ONCHIP_MAX):
+def _solve_problems(cost32, a, s, eps, max_iter, tol, path="auto"):
+    """f, g, iterations, error (fp32) of the problems on the fp32 cost workspace [B,M,N]."""
+    b, m, n = cost32.shape
+    route = solve_path(m, n, path)
+    if route == "stream":
+        return _solve_streaming(cost32, a, s, eps, max_iter, tol)
+    dev = cost32.device
+    bm, bn = next_pow2(m), next_pow2(n)
+    f = torch.empty(b, m, dtype=torch.float32, device=dev)
+    g = torch.empty(b, n, dtype=torch.float32, device=dev)
+    iterations = torch.empty(b, dtype=torch.int64, device=dev)
+    error = torch.empty(b, dtype=torch.float32, device=dev)
+    if route == "resident":  # ~16 fp32 of the tile per thread (8 warps at 64 x 64)
+        workspace, rows, warps = f, 1, max(4, bm * bn // 512)
+    else:  # BLOCK_M unused: one compiled sweep per row width
+        workspace = torch.zeros(b, 2, m, dtype=torch.float32, device=dev)
+        rows, warps, bm = max(1, SWEEP_ELEMS // bn), SWEEP_WARPS.get(bn, 4), 16
+    launch(_solve_kernel, (b,), cost32, a, s, workspace, f, g, iterations, error, m, n, m,
+           float(eps), int(max_iter), float(tol), RESIDENT=route == "resident", BLOCK_M=bm,
+           BLOCK_N=bn, ROWS=rows, num_warps=warps)
+    return f, g, iterations, error
+
+
+def _statistics(cost32, f, g, eps):
+    """Per source: plan column sum and confidence; per problem: distance sum T*C (fp32)."""
+    b, m, n = cost32.shape
+    column = torch.empty(b, n, dtype=torch.float32, device=f.device)
+    confidence = torch.empty(b, n, dtype=torch.float32, device=f.device)
+    distance = torch.zeros(b, dtype=torch.float32, device=f.device)
+    launch(_column_stats, (b, triton.cdiv(n, STREAM_N)), cost32, f, g, column, confidence,
+           distance, m, n, float(eps), BLOCK_M=STREAM_M, BLOCK_N=STREAM_N, num_warps=4)
+    return column, confidence, distance
+
+
+def _fold_into(x, y, cost32, f, g, scale, out, eps, lam, sizes=None):
+    """out = (x + lam W y) / (1 + lam W 1), W = T scale (out may be x); returns mass [B,M] fp32
+    and, with sizes [B,N], the carried sizes W sizes [B,M]."""
+    b, m, d = x.shape
+    n = y.shape[1]
+    mass = torch.empty(b, m, dtype=torch.float32, device=x.device)
+    carried = torch.empty(b, m, dtype=torch.float32, device=x.device) if sizes is not None else mass
+    _, tf32 = dot_flags(x.dtype)
+    grid = (b, triton.cdiv(m, STREAM_M), triton.cdiv(d, STREAM_D))
+    launch(_fold, grid, x, y, cost32, f, g, scale.contiguous(), out, mass,
+           mass if sizes is None else sizes, carried, m, n, d, float(eps), float(lam),
+           HAS_SIZES=sizes is not None, TF32=tf32, BLOCK_M=STREAM_M, BLOCK_N=FOLD_N,
+           BLOCK_D=STREAM_D, num_warps=4)
+    return mass, carried
+
+
+def _merge_scale(column, s, kept):
+    """scale_i = 1 / column_i on stable sources (p_ij weights, SPEC §5), 0 on kept/padding."""
+    stable = (s > 0) & ~kept & (column > 0)
+    return torch.where(stable, 1.0 / torch.where(stable, column, 1.0), 0.0)
+
+
+def sinkhorn(cost, anchor_weight, source_weight, eps, max_iter, tol, path="auto"):
     """Same contract and outputs as torch.ops.aot.sinkhorn (inputs validated)."""
     if cost.dtype == torch.float64:  # fp64 stays exact on the torch path
-        cd = torch.float64
-        a, s = composite.marginals(anchor_weight, source_weight, *cost.shape, cd, cost.device)
-        return composite.sinkhorn(cost, a, s, eps, max_iter, tol)
+        return composite.sinkhorn_op(cost, anchor_weight, source_weight, eps, max_iter, tol)
     b, m, n = cost.shape
-    a, s = _balanced(anchor_weight, source_weight, b, m, n, cost.device)
-    if _fits_on_chip(m, n, onchip_max):
-        f = torch.empty(b, m, dtype=torch.float32, device=cost.device)
-        g = torch.empty(b, n, dtype=torch.float32, device=cost.device)
-        iterations = torch.empty(b, dtype=torch.int64, device=cost.device)
-        error = torch.empty(b, dtype=torch.float32, device=cost.device)
-        bm, bn = next_pow2(m), next_pow2(n)
-        _fused_kernel[(b,)](cost, cost, cost.contiguous(), a, s, f, f, f, f, f, iterations, f, g,
-                            error, m, n, 1, float(eps), 0.0, int(max_iter), float(tol), 0.0, 0,
-                            HAS_COST=True, MODE=MODE_SINKHORN, NATIVE_DOT=False, TF32=False,
-                            BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=16, num_warps=_warps(bm * bn))
-    else:
-        f, g, iterations, error = _solve_streaming(cost.float().contiguous(), a, s, eps, max_iter, tol)
+    a, s = composite.marginals(anchor_weight, source_weight, b, m, n, torch.float32, cost.device)
+    f, g, iterations, error = _solve_problems(cost.float().contiguous(), a.contiguous(), s.contiguous(),
+                                     eps, max_iter, tol, path)
     out = cost.dtype
     return f.to(out), g.to(out), iterations, error.to(out)
 
 
 def sinkhorn_aggregate(anchors, sources, anchor_weight, source_weight, eps, lam, max_iter, tol,
-                       tau=None, keep=None, onchip_max=ONCHIP_MAX):
+                       tau=None, keep=None, path="auto"):
     """Same contract and outputs as torch.ops.aot.sinkhorn_aggregate (inputs validated)."""
     if anchors.dtype == torch.float64:
         return composite.sinkhorn_aggregate(anchors, sources, anchor_weight, source_weight, eps,
                                             lam, max_iter, tol, tau, keep)
     x, y = anchors.contiguous(), sources.contiguous()
-    b, m, d = x.shape
+    b, m, _ = x.shape
     n = y.shape[1]
-    dev = x.device
-    a, s = _balanced(anchor_weight, source_weight, b, m, n, dev)
-    mode = MODE_INTRA if tau is None and keep is None else MODE_TAU if tau is not None else MODE_KEEP
-    native, tf32 = dot_flags(x.dtype)
-    tokens = torch.empty_like(x)
-    mass = torch.empty(b, m, dtype=torch.float32, device=dev)
-    confidence = torch.empty(b, n, dtype=torch.float32, device=dev)
-    distance = torch.zeros(b, dtype=torch.float32, device=dev)
-    if _fits_on_chip(m, n, onchip_max):
-        f = torch.empty(b, m, dtype=torch.float32, device=dev)
-        g = torch.empty(b, n, dtype=torch.float32, device=dev)
-        iterations = torch.empty(b, dtype=torch.int64, device=dev)
-        error = torch.empty(b, dtype=torch.float32, device=dev)
-        kept8 = torch.empty(b, n, dtype=torch.int8, device=dev)
-        bm, bn = next_pow2(m), next_pow2(n)
-        _fused_kernel[(b,)](x, y, x, a, s, tokens, mass, confidence, kept8, distance, iterations,
-                            f, g, error, m, n, d, float(eps), float(lam), int(max_iter),
-                            float(tol), 0.0 if tau is None else float(tau),
-                            0 if keep is None else int(keep), HAS_COST=False, MODE=mode,
-                            NATIVE_DOT=native, TF32=tf32, BLOCK_M=bm, BLOCK_N=bn,
-                            BLOCK_D=min(64, next_pow2(d)), num_warps=_warps(bm * bn))
-        kept = kept8.bool()
+    a, s = composite.marginals(anchor_weight, source_weight, b, m, n, torch.float32, x.device)
+    a, s = a.contiguous(), s.contiguous()
+    cost32 = cosine_cost(x, y, out_dtype=torch.float32)
+    f, g, iterations, error = _solve_problems(cost32, a, s, eps, max_iter, tol, path)
+    column, confidence, distance = _statistics(cost32, f, g, eps)
+    if tau is None and keep is None:  # intra (Eq. 11): W = T
+        kept = torch.zeros(b, n, dtype=torch.bool, device=x.device)
+        scale = torch.where(s > 0, 1.0, 0.0)
     else:
-        cost32 = cosine_cost(x, y, out_dtype=torch.float32)
-        f, g, iterations, error = _solve_streaming(cost32, a, s, eps, max_iter, tol)
-        column = torch.empty(b, n, dtype=torch.float32, device=dev)
-        _column_stats[(b, triton.cdiv(n, STREAM_N))](cost32, f, g, column, confidence, distance,
-                                                     m, n, float(eps), BLOCK_M=STREAM_M,
-                                                     BLOCK_N=STREAM_N, num_warps=4)
-        if mode == MODE_INTRA:
-            kept = torch.zeros(b, n, dtype=torch.bool, device=dev)
-            scale = torch.ones(b, n, dtype=torch.float32, device=dev)
-        else:
-            kept = composite.select_kept(confidence, s, tau, keep)
-            stable = (s > 0) & ~kept & (column > 0)
-            scale = torch.where(stable, 1.0 / torch.where(stable, column, 1.0), 0.0)
-        grid = (b, triton.cdiv(m, STREAM_M), triton.cdiv(d, STREAM_D))
-        _fold[grid](x, y, cost32, f, g, scale.contiguous(), tokens, mass, m, n, d, float(eps),
-                    float(lam), TF32=tf32, BLOCK_M=STREAM_M, BLOCK_N=STREAM_N, BLOCK_D=STREAM_D,
-                    num_warps=4)
+        kept = composite.select_kept(confidence, s, tau, keep)
+        scale = _merge_scale(column, s, kept)
+    tokens = torch.empty_like(x)
+    mass, _ = _fold_into(x, y, cost32, f, g, scale, tokens, eps, lam)
     out = x.dtype
     return (tokens, mass.to(out), confidence.to(out), kept, distance.to(out), iterations,
             f.to(out), g.to(out), error.to(out))
 
 
-def clip_aggregate(frames, lengths, sizes, anchor_weight, eps, lam, max_iter, tol, tau, keep):
+def clip_aggregate(frames, lengths, sizes, anchor_weight, eps, lam, max_iter, tol, tau, keep,
+                   path="auto"):
     """All clips at once, frames in order (see api.clip_aggregate; inputs validated, keep a
-    [C,L] int64 tensor or None). fp64 is served by the step loop of the caller."""
-    c, length, m, d = frames.shape
-    frames = frames.contiguous()
-    anchors = frames[:, 0].clone()
+    [C,L] int64 tensor or None). Step l is one batched cost / solve / statistics / fold over the
+    clips, the anchors folded in place; a clip past its length gets zero weights, so its
+    anchors and sizes stay as they are and its padding frames never reach the result. No host
+    synchronisation. fp64 is served by the step loop of the caller."""
+    c, length, m, _ = frames.shape
+    dev = frames.device
+    anchors = frames[:, 0].contiguous().clone()
     out_sizes = sizes[:, 0].float().contiguous().clone()
-    kept8 = torch.zeros(c, length, m, dtype=torch.int8, device=frames.device)
-    confidence = torch.zeros(c, length, m, dtype=torch.float32, device=frames.device)
-    native, tf32 = dot_flags(frames.dtype)
-    bm = next_pow2(m)
-    aw = None if anchor_weight is None else anchor_weight.float().contiguous()
-    _clip_kernel[(c,)](frames, sizes.float().contiguous(), anchors, out_sizes,
-                       lengths.to(torch.int64).contiguous(),
-                       kept8 if keep is None else keep.to(torch.int64).contiguous(),
-                       frames if aw is None else aw, kept8, confidence,
-                       length, m, d, float(eps), float(lam), int(max_iter), float(tol),
-                       0.0 if tau is None else float(tau), HAS_AW=aw is not None,
-                       MODE=MODE_TAU if tau is not None else MODE_KEEP, NATIVE_DOT=native,
-                       TF32=tf32, BLOCK_M=bm, BLOCK_D=min(64, next_pow2(d)),
-                       num_warps=_warps(bm * bm))
-    return anchors, out_sizes, kept8.bool(), confidence
+    kept = torch.zeros(c, length, m, dtype=torch.bool, device=dev)
+    confidence = torch.zeros(c, length, m, dtype=torch.float32, device=dev)
+    # Anchors: their weights (or uniform probabilities); sources uniform, balanced to them.
+    a, s = composite.marginals(anchor_weight, None, c, m, m, torch.float32, dev)
+    a, s = a.contiguous(), s.contiguous()
+    lengths = lengths.to(dev)
+    for step in range(1, length):
+        live = (step < lengths).view(c, 1)
+        source = torch.where(live.view(c, 1, 1), frames[:, step], anchors).contiguous()
+        cost32 = cosine_cost(anchors, source, out_dtype=torch.float32)
+        f, g, _, _ = _solve_problems(cost32, a, s, eps, max_iter, tol, path)
+        column, conf, _ = _statistics(cost32, f, g, eps)
+        count = torch.zeros(c, dtype=torch.int64, device=dev) if keep is None else keep[:, step]
+        chosen = composite.select_kept(conf, s, tau, None if tau is not None else count)
+        chosen &= live
+        scale = torch.where(live, _merge_scale(column, s, chosen), 0.0)
+        _, carried = _fold_into(anchors, source, cost32, f, g, scale, anchors, eps, lam,
+                                sizes[:, step].float().contiguous())
+        out_sizes += carried
+        kept[:, step] = chosen
+        confidence[:, step] = torch.where(live, conf, 0.0)
+    return anchors, out_sizes, kept, confidence

@@ -1,0 +1,308 @@
+"""Compile gate: every Triton kernel, at every configuration the launchers pick, through Triton's
+real compiler for real GPU architectures, on a machine without a GPU.
+
+    python -m aot_kernels.gpu.compile_check --arch 80 90 [--json FILE] [--jobs N]
+
+The launchers themselves run (on CPU tensors, no kernel executes) over a representative set of
+shapes, dtypes and modes; each launch is recorded instead of run. Every distinct configuration is
+then compiled to a cubin for each architecture with a stand-in driver (ptxas and cuobjdump ship
+in the triton wheel), and `cuobjdump --dump-resource-usage` reads registers, the local-memory
+frame (spill) and static shared memory; Triton's dynamic shared memory comes from its metadata.
+Exit status 1 on any compile failure, any block over the architecture's shared-memory limit, or
+any spill in a kernel that a paper shape launches. Triton's cache lives under build/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+# Largest shared memory one block may use (bytes, opt-in): A100 163 KB, H100 227 KB.
+SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+SIZES = (1, 17, 70, 126, 196, 256, 603, 2048)
+FEATURES = (64, 1152, 3584)
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One launcher call: op (aggregate modes, sinkhorn, cosine, clip) on a shape."""
+    op: str  # intra | tau | keep | sinkhorn | cosine | clip
+    m: int
+    n: int
+    d: int
+    dtype: str
+    tf32: bool = False
+    paper: bool = False
+
+    @property
+    def shape(self) -> str:
+        if self.op == "clip":
+            return f"clip 2x4x{self.m}x{self.d} {self.dtype}"
+        return f"{self.op} {self.m}<-{self.n} D{self.d} {self.dtype}" + (" tf32" if self.tf32 else "")
+
+
+def cases(quick: bool = False):
+    """The representative set: every M x N of SIZES (D 64 for the solve, each D for the cost and
+    fold), each mode and dtype, fp32 with TF32 on and off, and the paper's shapes."""
+    out = []
+    for dtype in DTYPES:
+        for tf32 in ((False, True) if dtype == "float32" else (False,)):
+            sizes = SIZES[:4] if quick else SIZES
+            for m in sizes:
+                for n in sizes:
+                    out.append(Case("intra", m, n, 64, dtype, tf32))
+            for op in ("tau", "keep", "sinkhorn", "cosine"):
+                for m, n in ((17, 70), (126, 603), (2048, 2048)):
+                    out.append(Case(op, m, n, 64, dtype, tf32))
+            for m in (17, 126):  # rows wider than the sweep holds: the streaming passes
+                out.append(Case("intra", m, 8192, 64, dtype, tf32))
+                out.append(Case("keep", m, 8192, 64, dtype, tf32))
+            for d in FEATURES:
+                out.append(Case("intra", 126, 70, d, dtype, tf32))
+                out.append(Case("clip", 126, 126, d, dtype, tf32))
+            paper = [("intra", 126, 70, 1152), ("keep", 126, 126, 1152), ("intra", 108, 61, 3584),
+                     ("intra", 126, 603, 3584), ("clip", 126, 126, 1152), ("clip", 126, 126, 3584)]
+            out += [Case(op, m, n, d, dtype, tf32, paper=True) for op, m, n, d in paper]
+    return out
+
+
+# ---- stage 1: run the launchers, record their launches ------------------------------------------
+
+def _arg_spec(value):
+    """What a compile needs of one argument: a tensor's dtype (data is never read), or the value."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return ("tensor", str(value.dtype).replace("torch.", ""))
+    return ("value", value)
+
+
+def record(case: Case):
+    """[(kernel module, kernel name, grid, arg specs, kwargs)] that the launchers issue for case."""
+    import torch
+
+    from . import common
+    from . import sinkhorn_kernels as K
+    from .cost_kernels import cosine_cost
+
+    launches = []
+
+    def hook(kernel, grid, args, kwargs):
+        launches.append((kernel.fn.__module__, kernel.fn.__name__, tuple(grid),
+                         tuple(_arg_spec(a) for a in args), dict(kwargs)))
+
+    dtype = getattr(torch, case.dtype)
+    previous = common.compile_only, torch.backends.cuda.matmul.allow_tf32
+    common.compile_only = hook
+    torch.backends.cuda.matmul.allow_tf32 = case.tf32
+    try:
+        x = torch.zeros(1, case.m, case.d, dtype=dtype)
+        y = torch.zeros(1, case.n, case.d, dtype=dtype)
+        if case.op == "cosine":
+            cosine_cost(x, y)
+        elif case.op == "sinkhorn":
+            K.sinkhorn(torch.zeros(1, case.m, case.n, dtype=dtype), None, None, 0.1, 1, 0.0)
+        elif case.op == "clip":
+            frames = torch.zeros(2, 4, case.m, case.d, dtype=dtype)
+            K.clip_aggregate(frames, torch.tensor([4, 3]), torch.ones(2, 4, case.m), None, 0.1,
+                             1.0, 1, 0.0, None, torch.zeros(2, 4, dtype=torch.int64))
+        else:
+            K.sinkhorn_aggregate(x, y, None, None, 0.1, 1.0, 1, 0.0,
+                                 0.5 if case.op == "tau" else None,
+                                 min(3, case.n) if case.op == "keep" else None)
+    finally:
+        common.compile_only, torch.backends.cuda.matmul.allow_tf32 = previous
+    return launches
+
+
+def _config_key(launch):
+    """Launches that compile to the same binary: same kernel, constexprs, warps and arg types
+    (shape integers are not specialised: do_not_specialize; floats and other ints are)."""
+    module, name, _, specs, kwargs = launch
+    types = tuple(s if s[0] == "tensor" else ("value", type(s[1]).__name__) for s in specs)
+    return module, name, types, tuple(sorted(kwargs.items()))
+
+
+def config_text(kwargs) -> str:
+    return " ".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in sorted(kwargs.items()))
+
+
+# ---- stage 2: compile each configuration for each architecture ----------------------------------
+
+def _stand_in_driver(arch: int):
+    """A driver that answers what compiling needs (device, stream, target) and launches nothing."""
+    import torch
+    from triton.backends.compiler import GPUTarget
+
+    class StandIn:
+        def is_active(self):
+            return True
+
+        def get_current_device(self):
+            return arch  # one binder cache per architecture
+
+        def get_current_stream(self, device=None):
+            return 0
+
+        def get_current_target(self):
+            return GPUTarget("cuda", arch, 32)
+
+        def get_active_torch_device(self):
+            return torch.device("cpu")
+
+    return StandIn()
+
+
+def _cuobjdump() -> str:
+    import triton.backends.nvidia as nv
+
+    path = os.path.join(os.path.dirname(nv.__file__), "bin", "cuobjdump")
+    return path if os.path.exists(path) else "cuobjdump"
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """REG / STACK / LOCAL / SHARED of the one function in a cubin (cuobjdump)."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as fh:
+        fh.write(cubin)
+        fh.flush()
+        text = subprocess.run([_cuobjdump(), "--dump-resource-usage", fh.name], check=True,
+                              capture_output=True, text=True).stdout
+    for line in text.splitlines():
+        if "REG:" in line:
+            fields = dict(item.split(":", 1) for item in line.split() if ":" in item)
+            return {k: int(fields.get(k, "0")) for k in ("REG", "STACK", "LOCAL", "SHARED")}
+    raise RuntimeError(f"cuobjdump printed no resource usage:\n{text}")
+
+
+def compile_config(job):
+    """Compile one configuration for one architecture -> result dict (never raises)."""
+    arch, (module, name, types, kwargs_items), grid = job
+    os.environ["TRITON_INTERPRET"] = "0"
+    import importlib
+
+    import torch
+    from triton.runtime.driver import driver
+
+    driver.set_active(_stand_in_driver(arch))
+    kernel = getattr(importlib.import_module(module), name)
+    args = []
+    for kind, value in types:
+        if kind == "tensor":  # 16-byte aligned, as torch allocates; its data is never read
+            args.append(torch.zeros(16, dtype=getattr(torch, value)))
+        else:
+            args.append({"int": 3, "float": 0.5, "bool": True}[value])
+    try:
+        compiled = kernel.warmup(*args, grid=grid, **dict(kwargs_items))
+        usage = resource_usage(compiled.asm["cubin"])
+        shared = int(compiled.metadata.shared) + usage["SHARED"]
+        return dict(registers=usage["REG"], spill_bytes=usage["STACK"] + usage["LOCAL"],
+                    shared_bytes=shared, error=None)
+    except Exception as exc:  # the gate reports every failure, it does not stop at the first
+        first = str(exc).strip().splitlines()
+        return dict(registers=None, spill_bytes=None, shared_bytes=None,
+                    error=f"{type(exc).__name__}: {first[-1] if first else ''}"[:300])
+
+
+def _init_worker(cache_dir: str):
+    os.environ["TRITON_INTERPRET"] = "0"
+    os.environ["TRITON_CACHE_DIR"] = cache_dir
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+
+def run(archs, jobs: int, cache_dir: str, quick: bool = False):
+    """-> (rows for the JSON file, per-configuration summary, failures)."""
+    all_cases = cases(quick)
+    uses = {}  # config key -> (grid, [cases])
+    launched = []
+    for case in all_cases:
+        for launch in record(case):
+            key = _config_key(launch)
+            uses.setdefault(key, (launch[2], []))[1].append(case)
+            launched.append((case, key))
+    work = [(arch, key, grid) for key, (grid, _) in uses.items() for arch in archs]
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker,
+                             initargs=(cache_dir,)) as pool:
+        results = dict(zip([(arch, key) for arch, key, _ in work], pool.map(compile_config, work)))
+    rows, failures, seen = [], [], set()
+    for case, key in launched:
+        for arch in archs:
+            if (case, key, arch) in seen:
+                continue
+            seen.add((case, key, arch))
+            res = results[(arch, key)]
+            ok = res["error"] is None and res["shared_bytes"] <= SHARED_LIMIT.get(arch, 99 * 1024)
+            if ok and case.paper and res["spill_bytes"] > 0:
+                ok = False
+            rows.append(dict(kernel=key[1], arch=f"sm_{arch}", config=config_text(dict(key[3])),
+                             shape=case.shape, paper=case.paper, registers=res["registers"],
+                             spill_bytes=res["spill_bytes"], shared_bytes=res["shared_bytes"],
+                             ok=ok, error=res["error"]))
+            if not ok:
+                failures.append(rows[-1])
+    return rows, uses, results, failures
+
+
+def table(archs, uses, results) -> str:
+    """One line per compiled configuration: its resources per architecture and who launches it."""
+    head = f"{'kernel':<20} {'config':<72}" + "".join(f" {'sm_%d regs/spill/smem' % a:>24}" for a in archs)
+    lines = [head + "  shapes", "-" * (len(head) + 30)]
+    for key, (_, used) in sorted(uses.items(), key=lambda kv: (kv[0][1], config_text(dict(kv[0][3])))):
+        cells = []
+        for arch in archs:
+            r = results[(arch, key)]
+            cells.append(f" {'FAILED':>24}" if r["error"] else
+                         f" {r['registers']:>8} {r['spill_bytes']:>6} {r['shared_bytes'] // 1024:>6}KB")
+        dtypes = sorted({t[1] for t in key[2] if t[0] == "tensor"} - {"int8", "int32", "int64"})
+        paper = sorted({c.shape.rsplit(" ", 1)[0] if not c.tf32 else c.shape for c in used if c.paper})
+        who = f"{len(used)} cases" + (f"; paper: {', '.join(paper)}" if paper else "")
+        config = config_text(dict(key[3])) + f" [{'/'.join(dtypes)}]"
+        lines.append(f"{key[1]:<20} {config[:72]:<72}" + "".join(cells) + "  " + who)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m aot_kernels.gpu.compile_check",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90],
+                        help="compute capabilities to compile for (default: 80 90)")
+    parser.add_argument("--json", help="write one row per (shape, kernel, arch) here")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="parallel compiles (default: all cores)")
+    parser.add_argument("--cache", default=os.path.join("build", "triton-cache"),
+                        help="Triton's cache directory (default: build/triton-cache)")
+    parser.add_argument("--quick", action="store_true", help="fewer shapes (M, N <= 126)")
+    args = parser.parse_args(argv)
+    os.environ["TRITON_INTERPRET"] = "0"
+    os.makedirs(args.cache, exist_ok=True)
+    cache = os.path.abspath(args.cache)
+    _init_worker(cache)
+    import triton
+
+    rows, uses, results, failures = run(args.arch, args.jobs, cache, args.quick)
+    print(f"triton {triton.__version__}: {len(uses)} kernel configurations x {len(args.arch)} "
+          f"architectures, launched by {len({r['shape'] for r in rows})} shapes")
+    print(table(args.arch, uses, results))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    for row in failures[:20]:
+        why = row["error"] or (f"spill {row['spill_bytes']} B on a paper shape" if row["spill_bytes"]
+                               else f"shared {row['shared_bytes']} B over the limit")
+        print(f"FAIL {row['kernel']} {row['arch']} [{row['config']}] {row['shape']}: {why}",
+              file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} failing rows", file=sys.stderr)
+        return 1
+    print("compile gate passed: every configuration compiled, within shared memory, no spill on "
+          "the paper shapes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
