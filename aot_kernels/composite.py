@@ -98,16 +98,15 @@ def select_kept(confidence, s, tau=None, keep=None) -> torch.Tensor:
     if tau is not None:
         return valid & (confidence < tau)
     kept = torch.zeros_like(valid)
-    if isinstance(keep, torch.Tensor):
-        key = torch.where(valid, confidence.detach(), float("inf"))
-        order = torch.sort(key, dim=1, stable=True).indices
-        rank_ok = torch.arange(key.shape[1], device=key.device) < keep.view(-1, 1)
-        return kept.scatter(1, order, rank_ok)
-    if keep:
-        key = torch.where(valid, confidence.detach(), float("inf"))
-        order = torch.sort(key, dim=1, stable=True).indices[:, :keep]
-        kept = kept.scatter(1, order, True)
-    return kept
+    per_problem = isinstance(keep, torch.Tensor)
+    if not (per_problem or keep):
+        return kept
+    key = torch.where(valid, confidence.detach(), float("inf"))
+    order = torch.sort(key, dim=1, stable=True).indices
+    if per_problem:  # rank r is kept where r < keep[b]
+        ranks = torch.arange(key.shape[1], device=key.device)
+        return kept.scatter(1, order, ranks < keep.view(-1, 1))
+    return kept.scatter(1, order[:, :keep], True)
 
 
 def aggregate(x, y, transport, s, lam: float, kept=None):

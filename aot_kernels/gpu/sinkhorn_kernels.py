@@ -51,7 +51,6 @@ from .common import dot_flags, launch, next_pow2
 from .cost_kernels import cosine_cost
 
 NEG_INF = tl.constexpr(float("-inf"))  # a constexpr global: the compiler rejects plain ones
-MODE_SINKHORN, MODE_INTRA, MODE_TAU, MODE_KEEP = 0, 1, 2, 3
 
 
 @triton.jit
