@@ -109,14 +109,19 @@ def select_kept(confidence, s, tau=None, keep=None) -> torch.Tensor:
     return kept.scatter(1, order[:, :keep], True)
 
 
+def merge_scale(column, s, kept):
+    """scale_i = 1 / sum_j T_ji on stable sources (so W = T scale holds p_ij, SPEC §5), 0 on
+    kept and padded sources. column [B,N]: the plan's column sums."""
+    stable = (s > 0) & ~kept & (column > 0)
+    return torch.where(stable, 1.0 / torch.where(stable, column, 1.0), 0.0)
+
+
 def aggregate(x, y, transport, s, lam: float, kept=None):
     """Mass-normalised aggregation. Intra (kept None, Eq. 11): W = T. Inter (Eq. 15-16):
     W_ji = p_ij on stable sources. Returns tokens [B,M,D] = (x + lam W y)/(1 + lam W 1), mass."""
     weight = transport
     if kept is not None:
-        column = transport.sum(1)
-        stable = (s > 0) & ~kept & (column > 0)
-        weight = transport * torch.where(stable, 1.0 / torch.where(stable, column, 1.0), 0.0).unsqueeze(1)
+        weight = transport * merge_scale(transport.sum(1), s, kept).unsqueeze(1)
     mass = weight.sum(2)
     tokens = (x + lam * torch.bmm(weight, y)) / (1.0 + lam * mass).unsqueeze(2)
     return tokens, mass

@@ -428,12 +428,6 @@ def _fold_into(x, y, cost32, f, g, scale, out, eps, lam, sizes=None):
     return mass, carried
 
 
-def _merge_scale(column, s, kept):
-    """scale_i = 1 / column_i on stable sources (p_ij weights, SPEC §5), 0 on kept/padding."""
-    stable = (s > 0) & ~kept & (column > 0)
-    return torch.where(stable, 1.0 / torch.where(stable, column, 1.0), 0.0)
-
-
 def sinkhorn(cost, anchor_weight, source_weight, eps, max_iter, tol, path="auto"):
     """Same contract and outputs as torch.ops.aot.sinkhorn (inputs validated)."""
     if cost.dtype == torch.float64:  # fp64 stays exact on the torch path
@@ -465,7 +459,7 @@ def sinkhorn_aggregate(anchors, sources, anchor_weight, source_weight, eps, lam,
         scale = torch.where(s > 0, 1.0, 0.0)
     else:
         kept = composite.select_kept(confidence, s, tau, keep)
-        scale = _merge_scale(column, s, kept)
+        scale = composite.merge_scale(column, s, kept)
     tokens = torch.empty_like(x)
     mass, _ = _fold_into(x, y, cost32, f, g, scale, tokens, eps, lam)
     out = x.dtype
@@ -499,7 +493,7 @@ def clip_aggregate(frames, lengths, sizes, anchor_weight, eps, lam, max_iter, to
         count = torch.zeros(c, dtype=torch.int64, device=dev) if keep is None else keep[:, step]
         chosen = composite.select_kept(conf, s, tau, None if tau is not None else count)
         chosen &= live
-        scale = torch.where(live, _merge_scale(column, s, chosen), 0.0)
+        scale = torch.where(live, composite.merge_scale(column, s, chosen), 0.0)
         _, carried = _fold_into(anchors, source, cost32, f, g, scale, anchors, eps, lam,
                                 sizes[:, step].float().contiguous())
         out_sizes += carried
