@@ -1,7 +1,6 @@
 """Public functions: cosine_cost, sinkhorn, sinkhorn_aggregate (SPEC §1-3, §5)."""
 from __future__ import annotations
 
-import functools
 import warnings
 from typing import NamedTuple, Optional
 
@@ -104,7 +103,7 @@ def cosine_cost(x: torch.Tensor, y: torch.Tensor, *, backend: str = "auto") -> t
 def sinkhorn(cost: torch.Tensor, anchor_weight: Optional[torch.Tensor] = None,
              source_weight: Optional[torch.Tensor] = None, *, eps: float = 0.1,
              max_iter: int = 100, tol: float = 0.0, return_plan: bool = False,
-             backend: str = "auto") -> SinkhornResult:
+             backend: str = "auto", check_values: bool = True) -> SinkhornResult:
     """Entropic OT between anchors (rows) and sources (columns), log-domain Sinkhorn (SPEC §2).
 
     cost [B,M,N] (cost units, e.g. cosine_cost). anchor_weight [B,M], source_weight [B,N]:
@@ -113,12 +112,16 @@ def sinkhorn(cost: torch.Tensor, anchor_weight: Optional[torch.Tensor] = None,
     in cost units. Stops a problem when its L1 row-marginal error < tol (tol = 0: exactly
     max_iter iterations). The plan is T = exp((f + g - C)/eps), formed only if return_plan.
     Differentiable w.r.t. cost (implicitly, at the fixed point, on the compiled backend).
+    check_values: NaN/inf and negative-weight checks (one host sync); False skips them, shapes
+    and types are always checked.
     """
-    validate.cost(cost)
+    validate.cost(cost, check_values=False)
     b, m, n = cost.shape
-    validate.weight(anchor_weight, "anchor_weight", b, m, cost.device)
-    validate.weight(source_weight, "source_weight", b, n, cost.device)
+    validate.weight(anchor_weight, "anchor_weight", b, m, cost.device, check_values=False)
+    validate.weight(source_weight, "source_weight", b, n, cost.device, check_values=False)
     validate.solver(eps, max_iter, tol)
+    validate.values([(cost, "cost", "finite"), (anchor_weight, "anchor_weight", "weight"),
+                     (source_weight, "source_weight", "weight")], check_values)
     chosen = _resolve(backend, cost.device)
     args = (cost, anchor_weight, source_weight, float(eps), int(max_iter), float(tol))
     if chosen == "cpp" or (chosen == "triton" and _through_op(cost.device)):
@@ -135,7 +138,8 @@ def sinkhorn_aggregate(anchors: torch.Tensor, sources: torch.Tensor, *,
                        source_weight: Optional[torch.Tensor] = None, eps: float = 0.1,
                        lam: float = 1.0, max_iter: int = 100, tol: float = 0.0,
                        tau: Optional[float] = None, keep: Optional[int] = None,
-                       return_plan: bool = False, backend: str = "auto") -> AggregateResult:
+                       return_plan: bool = False, backend: str = "auto",
+                       check_values: bool = True) -> AggregateResult:
     """Cosine cost + Sinkhorn + mass-normalised aggregation in one call.
 
     anchors [B,M,D], sources [B,N,D]; weights, eps, max_iter, tol as in `sinkhorn`.
@@ -145,14 +149,18 @@ def sinkhorn_aggregate(anchors: torch.Tensor, sources: torch.Tensor, *,
     lower index), are kept as they are (`kept`); the others are merged with weights p_ij.
     Returns an AggregateResult; `plan` [B,M,N] (rows anchors) only with return_plan=True.
     Differentiable w.r.t. anchors and sources (tokens, mass, confidence, distance, f, g).
+    check_values as in `sinkhorn`.
     """
-    validate.pair(anchors, sources, "anchors", "sources")
+    validate.pair(anchors, sources, "anchors", "sources", check_values=False)
     b, m, _ = anchors.shape
     n = sources.shape[1]
-    validate.weight(anchor_weight, "anchor_weight", b, m, anchors.device)
-    validate.weight(source_weight, "source_weight", b, n, anchors.device)
+    validate.weight(anchor_weight, "anchor_weight", b, m, anchors.device, check_values=False)
+    validate.weight(source_weight, "source_weight", b, n, anchors.device, check_values=False)
     validate.solver(eps, max_iter, tol)
-    validate.aggregation(lam, tau, keep, source_weight, n)
+    validate.values([(anchors, "anchors", "finite"), (sources, "sources", "finite"),
+                     (anchor_weight, "anchor_weight", "weight"),
+                     (source_weight, "source_weight", "weight")], check_values)
+    validate.aggregation(lam, tau, keep, source_weight, n, check_values)
     args = (anchors, sources, anchor_weight, source_weight, float(eps), float(lam),
             int(max_iter), float(tol), None if tau is None else float(tau),
             None if keep is None else int(keep))
@@ -172,100 +180,107 @@ def sinkhorn_aggregate(anchors: torch.Tensor, sources: torch.Tensor, *,
 class ClipResult(NamedTuple):
     """anchors [C,M,D]: each clip's anchors after absorbing its frames. sizes [C,M]: original
     tokens each anchor stands for. kept [C,L,M] bool: dynamic tokens of each frame (frame 0 and
-    frames past a clip's length: False). confidence [C,L,M]: q_i of each frame's tokens."""
+    frames past a clip's length: False). confidence [C,L,M]: q_i of each frame's tokens.
+    f, g [C,L,M]: the potentials of step l (anchors, frame l's tokens); iterations [C,L] int64
+    and error [C,L] as in SinkhornResult. Frame 0 and padding steps: 0."""
     anchors: torch.Tensor
     sizes: torch.Tensor
     kept: torch.Tensor
     confidence: torch.Tensor
+    f: torch.Tensor
+    g: torch.Tensor
+    iterations: torch.Tensor
+    error: torch.Tensor
 
 
-def _clip_inputs(frames, lengths, sizes, anchor_weight, keep, tau):
+def _counts(value, name: str, shape, low: int, high: int, device, checks: list):
+    """An int64 tensor of `shape` with entries in [low, high]. A Python sequence is checked on
+    the host (free); a tensor's range check is appended to `checks` (validate.values)."""
+    if isinstance(value, torch.Tensor):
+        if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+            raise TypeError(f"{name} must be an integer tensor, got {value.dtype}")
+        if tuple(value.shape) != tuple(shape):
+            raise ValueError(f"{name} must have shape {list(shape)}, got {list(value.shape)}")
+        if value.device != device:
+            raise ValueError(f"{name} is on device {value.device} but frames are on device {device}")
+        value = value.to(torch.int64)
+        checks.append((value, name, ("range", low, high)))
+        return value
+    try:
+        host = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"{name} must be integer counts of shape {list(shape)}: {exc}") from None
+    if host.dtype.is_floating_point or host.dtype.is_complex or host.dtype == torch.bool:
+        raise TypeError(f"{name} must be integer counts, got {host.dtype}")
+    if tuple(host.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(host.shape)}")
+    if host.numel() and bool(((host < low) | (host > high)).any()):
+        raise ValueError(f"{name} must be in [{low}, {high}], got {host.tolist()}")
+    return host.to(device=device, dtype=torch.int64)
+
+
+def _clip_inputs(frames, lengths, sizes, anchor_weight, keep, tau, check_values):
     validate.features(frames, "frames", rank=4, what="[C, L, M, D]")
     c, length, m, d = frames.shape
     if min(c, length, m, d) == 0:
         raise ValueError(f"frames is empty: shape {list(frames.shape)}")
-    validate.finite(frames, "frames")
     dev = frames.device
+    checks = [(frames, "frames", "finite"), (anchor_weight, "anchor_weight", "weight")]
     lengths = torch.full((c,), length, dtype=torch.int64, device=dev) if lengths is None else \
-        torch.as_tensor(lengths, device=dev)
-    if lengths.shape != (c,) or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
-        raise ValueError(f"lengths must be {c} integers, got {lengths.dtype} of shape {list(lengths.shape)}")
-    if bool(((lengths < 1) | (lengths > length)).any()):
-        raise ValueError(f"lengths must be in [1, L={length}], got {lengths.tolist()}")
-    sdt = torch.float64 if frames.dtype == torch.float64 else torch.float32
+        _counts(lengths, "lengths", (c,), 1, length, dev, checks)
     if sizes is None:
+        sdt = torch.float64 if frames.dtype == torch.float64 else torch.float32
         sizes = torch.ones(c, length, m, dtype=sdt, device=dev)
     else:
         validate.features(sizes, "sizes", rank=3, what=f"[C={c}, L={length}, M={m}]")
         if sizes.shape != (c, length, m):
             raise ValueError(f"sizes must have shape [{c}, {length}, {m}], got {list(sizes.shape)}")
-        validate.finite(sizes, "sizes")
-    validate.weight(anchor_weight, "anchor_weight", c, m, dev)
+        if sizes.device != dev:
+            raise ValueError(f"sizes is on device {sizes.device} but frames are on device {dev}")
+        checks.append((sizes, "sizes", "finite"))
+    validate.weight(anchor_weight, "anchor_weight", c, m, dev, check_values=False)
     if tau is not None and keep is not None:
         raise ValueError("give tau (threshold mode) or keep (keep-count mode), not both")
-    if tau is None:
-        keep = torch.zeros(c, length, dtype=torch.int64, device=dev) if keep is None else \
-            torch.as_tensor(keep, device=dev)
-        if keep.shape != (c, length) or keep.dtype.is_floating_point or keep.dtype == torch.bool:
-            raise ValueError(f"keep must be [C={c}, L={length}] integer counts, got {keep.dtype} "
-                             f"of shape {list(keep.shape)}")
-        if bool(((keep < 0) | (keep > m)).any()):
-            raise ValueError(f"keep counts must be in [0, M={m}]")
+    if keep is not None:
+        keep = _counts(keep, "keep", (c, length), 0, m, dev, checks)
+    validate.values(checks, check_values)
     return lengths, sizes, keep
 
 
 def clip_aggregate(frames: torch.Tensor, lengths=None, sizes: Optional[torch.Tensor] = None, *,
                    anchor_weight: Optional[torch.Tensor] = None, eps: float = 0.1,
                    lam: float = 1.0, max_iter: int = 100, tol: float = 0.0,
-                   tau: Optional[float] = None, keep=None, backend: str = "auto") -> ClipResult:
+                   tau: Optional[float] = None, keep=None, backend: str = "auto",
+                   check_values: bool = True) -> ClipResult:
     """Inter-frame aggregation of whole clips (SPEC §5): all clips at once, frames in order.
 
     frames [C,L,M,D]: each clip's intra-frame tokens, frame 0 being its anchors; clip c uses its
-    first lengths[c] frames (default all L; the rest is padding, never read). sizes [C,L,M]:
-    original tokens each token stands for (default 1). anchor_weight [C,M]: anchor marginals
-    (default uniform probabilities); each frame's M tokens share the same total uniformly. At
-    step l the anchors absorb frame l: tokens with confidence below `tau`, or the keep[c, l]
-    lowest (keep: [C,L] counts), stay dynamic; the rest are merged with weights p_ij (lam).
-    Neither tau nor keep: every token is merged. On "triton" each step is one batched set of
-    kernels over all clips (no host synchronisation); otherwise each step is one batched
-    sinkhorn_aggregate call per group of clips sharing a keep count. Not differentiable.
+    first lengths[c] frames (lengths: [C] ints, default all L; the rest is padding, never read).
+    sizes [C,L,M]: original tokens each token stands for (default 1). anchor_weight [C,M]:
+    anchor marginals (default uniform probabilities); each frame's M tokens share the same
+    total uniformly. At step l the anchors absorb frame l: tokens with confidence below `tau`,
+    or the keep[c, l] lowest (keep: [C,L] counts), stay dynamic; the rest are merged with
+    weights p_ij (lam). Neither tau nor keep: every token is merged. Returns a ClipResult.
+
+    One op, torch.ops.aot.clip_aggregate: the CPU kernel scans all clips in C++ (each step
+    solved in parallel over the clips), the CUDA kernel runs each step as one batched set of
+    Triton kernels; neither synchronises with the host, and the torch backend is the same scan
+    in batched torch ops. Differentiable w.r.t. frames (anchors, sizes, confidence, f, g),
+    implicitly at each step's fixed point: memory does not grow with max_iter.
+    check_values as in `sinkhorn` (also the range of tensor lengths/keep; Python lists are
+    checked on the host for free).
     """
-    lengths, sizes, keep = _clip_inputs(frames, lengths, sizes, anchor_weight, keep, tau)
+    lengths, sizes, keep = _clip_inputs(frames, lengths, sizes, anchor_weight, keep, tau,
+                                        check_values)
     validate.solver(eps, max_iter, tol)
     validate.aggregation(lam, tau, None, None, 1)
     chosen = _resolve(backend, frames.device)
-    args = (frames, lengths, sizes, anchor_weight, eps, lam, max_iter, tol, tau, keep)
-    if chosen == "triton" and frames.dtype != torch.float64:
-        return ClipResult(*gpu.clip_aggregate(*args, fallback=functools.partial(
-            _clip_steps, backend="torch")))
-    return ClipResult(*_clip_steps(*args, backend=chosen))
-
-
-def _clip_steps(frames, lengths, sizes, anchor_weight, eps, lam, max_iter, tol, tau, keep,
-                backend):
-    """clip_aggregate as one batched sinkhorn_aggregate call per step and keep count."""
-    c, length, m, _ = frames.shape
-    anchors, anchor_sizes = frames[:, 0].clone(), sizes[:, 0].clone()
-    kept = torch.zeros(c, length, m, dtype=torch.bool, device=frames.device)
-    confidence = torch.zeros(c, length, m, dtype=frames.dtype, device=frames.device)
-    steps = lengths.tolist()
-    counts = None if keep is None else keep.tolist()
-    for step in range(1, length):
-        groups = {}
-        for k in range(c):
-            if step < steps[k]:
-                groups.setdefault(None if counts is None else counts[k][step], []).append(k)
-        for count, members in groups.items():
-            idx = torch.tensor(members, device=frames.device)
-            out = sinkhorn_aggregate(anchors[idx], frames[idx, step],
-                                     anchor_weight=None if anchor_weight is None else anchor_weight[idx],
-                                     eps=eps, lam=lam, max_iter=max_iter, tol=tol, tau=tau,
-                                     keep=count, return_plan=True, backend=backend)
-            plan = out.plan.to(anchor_sizes.dtype)
-            p_ij = plan / plan.sum(1, keepdim=True).clamp_min(torch.finfo(plan.dtype).tiny)
-            stable = torch.where(out.kept, 0.0, sizes[idx, step])
-            anchor_sizes[idx] += torch.bmm(p_ij, stable.unsqueeze(2)).squeeze(2)
-            anchors[idx] = out.tokens
-            kept[idx, step] = out.kept
-            confidence[idx, step] = out.confidence
-    return anchors, anchor_sizes, kept, confidence
+    args = (frames, lengths, sizes, anchor_weight, float(eps), float(lam), int(max_iter),
+            float(tol), None if tau is None else float(tau), keep)
+    if chosen == "cpp" or (chosen == "triton" and _through_op(frames.device)):
+        out = torch.ops.aot.clip_aggregate(*args)
+    elif chosen == "triton":
+        out = gpu.clip_aggregate(*args)
+    else:
+        out = composite.clip_aggregate(*args)
+    return ClipResult(*out)

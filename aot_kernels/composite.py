@@ -116,15 +116,24 @@ def merge_scale(column, s, kept):
     return torch.where(stable, 1.0 / torch.where(stable, column, 1.0), 0.0)
 
 
-def aggregate(x, y, transport, s, lam: float, kept=None):
-    """Mass-normalised aggregation. Intra (kept None, Eq. 11): W = T. Inter (Eq. 15-16):
-    W_ji = p_ij on stable sources. Returns tokens [B,M,D] = (x + lam W y)/(1 + lam W 1), mass."""
-    weight = transport
-    if kept is not None:
-        weight = transport * merge_scale(transport.sum(1), s, kept).unsqueeze(1)
+def merge_weights(transport, s, kept=None):
+    """Aggregation weights W [B,M,N]: the plan itself in intra mode (kept None, Eq. 11); in
+    inter mode (Eq. 15-16) W_ji = p_ij on stable sources, 0 on kept ones."""
+    if kept is None:
+        return transport
+    return transport * merge_scale(transport.sum(1), s, kept).unsqueeze(1)
+
+
+def fold(x, y, weight, lam: float):
+    """tokens [B,M,D] = (x + lam W y) / (1 + lam W 1) and the received mass W 1 [B,M]."""
     mass = weight.sum(2)
     tokens = (x + lam * torch.bmm(weight, y)) / (1.0 + lam * mass).unsqueeze(2)
     return tokens, mass
+
+
+def aggregate(x, y, transport, s, lam: float, kept=None):
+    """Mass-normalised aggregation (`merge_weights`, then `fold`) -> tokens [B,M,D], mass [B,M]."""
+    return fold(x, y, merge_weights(transport, s, kept), lam)
 
 
 def sinkhorn_aggregate(anchors, sources, anchor_weight, source_weight, eps, lam, max_iter, tol,
@@ -145,3 +154,63 @@ def sinkhorn_aggregate(anchors, sources, anchor_weight, source_weight, eps, lam,
     out = anchors.dtype
     return (tokens.to(out), mass.to(out), confidence.to(out), kept, distance.to(out), iterations,
             f.to(out), g.to(out), error.to(out))
+
+
+def clip_aggregate(frames, lengths, sizes, anchor_weight, eps, lam, max_iter, tol, tau=None,
+                   keep=None, replay=None):
+    """Same contract and outputs as torch.ops.aot.clip_aggregate, in plain torch: one batched
+    step over all clips per frame index; a clip past its length gets its anchors as sources
+    and zero weights, so no step reads padding and nothing depends on values on the host
+    (tol > 0 aside: the solver's early exit reads the errors).
+
+    replay=(potentials, kept): instead of solving, step l takes its potentials from
+    potentials(l, cost) -> (f, g) and its dynamic tokens from kept [C,L,M] (the op's backward
+    replays a solved scan this way, with implicit gradients).
+    """
+    c, length, m, _ = frames.shape
+    dev = frames.device
+    cd = compute_dtype(frames.dtype)
+    acc = torch.promote_types(cd, sizes.dtype)  # sizes are carried in at least their dtype
+    x = frames.to(cd)
+    a, s = marginals(anchor_weight, None, c, m, m, cd, dev)
+    anchors, anchor_sizes = x[:, 0], sizes[:, 0].to(acc)
+    zero = torch.zeros(c, m, dtype=cd, device=dev)
+    kept = [torch.zeros(c, m, dtype=torch.bool, device=dev)]
+    confidence, f_all, g_all = [zero], [zero], [zero]
+    iterations = [torch.zeros(c, dtype=torch.int64, device=dev)]
+    error = [zero[:, 0]]
+    for step in range(1, length):
+        live = (step < lengths).view(c, 1)
+        y = torch.where(live.unsqueeze(2), x[:, step], anchors)
+        cost = cosine_cost(anchors, y)
+        if replay is None:
+            f, g, it, err = sinkhorn(cost, a, s, eps, max_iter, tol)
+        else:
+            (f, g), it, err = replay[0](step, cost), iterations[0], error[0]
+        transport = plan(cost, f, g, eps)
+        q = confidence_of(transport, s)
+        if replay is not None:
+            chosen = replay[1][:, step]
+        elif tau is not None:
+            chosen = select_kept(q, s, tau=tau)
+        else:
+            count = torch.zeros(c, dtype=torch.int64, device=dev) if keep is None else keep[:, step]
+            chosen = select_kept(q, s, keep=count)
+        chosen = chosen & live
+        weight = merge_weights(transport, s, chosen) * live.unsqueeze(2)
+        tokens, _ = fold(anchors, y, weight, lam)
+        anchors = torch.where(live.unsqueeze(2), tokens, anchors)
+        merged = torch.where(live, sizes[:, step], 0.0).to(acc)  # padding may hold anything
+        carried = torch.bmm(weight.to(acc), merged.unsqueeze(2)).squeeze(2)
+        anchor_sizes = anchor_sizes + carried
+        kept.append(chosen)
+        confidence.append(torch.where(live, q, 0.0))
+        f_all.append(torch.where(live, f, 0.0))
+        g_all.append(torch.where(live, g, 0.0))
+        iterations.append(torch.where(live.view(c), it, 0))
+        error.append(torch.where(live.view(c), err, 0.0))
+    out = frames.dtype
+    stack = lambda ts, dt: torch.stack(ts, 1).to(dt)  # noqa: E731
+    return (anchors.to(out), anchor_sizes.to(sizes.dtype), stack(kept, torch.bool),
+            stack(confidence, out), stack(f_all, out), stack(g_all, out),
+            stack(iterations, torch.int64), stack(error, out))

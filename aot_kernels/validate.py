@@ -28,16 +28,53 @@ def features(t, name: str, rank: int = 3, what: str = "[B, rows, D]") -> None:
 
 
 def finite(t: torch.Tensor, name: str) -> None:
-    if not t.numel() or _no_data(t):
+    values([(t, name, "finite")])
+
+
+# One flag per check kind; the message names the argument.
+_VALUE_MESSAGES = {
+    "finite": "{} contains NaN or inf",
+    "negative": "{} has negative entries",
+    "empty": "{} is all zero for some problem: every entry would be padding",
+}
+
+
+def values(checks, enabled: bool = True) -> None:
+    """Data checks of several tensors with one host synchronisation.
+
+    checks: (tensor or None, name, kind) with kind "finite" (no NaN/inf), "weight" (finite,
+    >= 0, and some positive entry in every row of the last dim) or ("range", low, high)
+    (integers in [low, high]). Each tensor costs one small
+    reduction; all flags come back in one transfer, so on CUDA the whole call is one sync.
+    enabled=False (the API's check_values=False) skips it: nothing is read. Skipped while
+    tracing and on meta tensors, where values cannot be read.
+    """
+    if not enabled:
         return
-    # min/max propagate NaN and see +-inf: one pass, no [numel] bool tensor (10x cheaper).
-    low, high = torch.aminmax(t)
-    if not bool(torch.isfinite(low) & torch.isfinite(high)):
-        raise ValueError(f"{name} contains NaN or inf")
+    flags, labels = [], []
+    for t, name, kind in checks:
+        if t is None or not t.numel() or _no_data(t):
+            continue
+        # min/max propagate NaN and see +-inf: one pass, no [numel] bool tensor (10x cheaper).
+        low, high = torch.aminmax(t)
+        if isinstance(kind, tuple):  # ("range", lo, hi)
+            flags.append((low < kind[1]) | (high > kind[2]))
+            labels.append((f"must be in [{kind[1]}, {kind[2]}]", name))
+            continue
+        flags.append(~(torch.isfinite(low) & torch.isfinite(high)))
+        labels.append(("finite", name))
+        if kind == "weight":
+            flags += [low < 0, ~(t.sum(-1) > 0).all()]
+            labels += [("negative", name), ("empty", name)]
+    if not flags:
+        return
+    for bad, (kind, name) in zip(torch.stack(flags).tolist(), labels):  # the one sync
+        if bad:
+            raise ValueError(_VALUE_MESSAGES.get(kind, "{} " + kind).format(name))
 
 
-def pair(x, y, xname: str, yname: str) -> None:
-    """Two feature tensors [B,M,D] and [B,N,D] that belong together."""
+def pair(x, y, xname: str, yname: str, check_values: bool = True) -> None:
+    """Two feature tensors [B,M,D] and [B,N,D] that belong together (values: `values`)."""
     features(x, xname)
     features(y, yname)
     if x.device != y.device:
@@ -54,19 +91,19 @@ def pair(x, y, xname: str, yname: str) -> None:
         raise ValueError(f"{xname} has no rows (M == 0)")
     if y.shape[1] == 0:
         raise ValueError(f"{yname} has no rows (N == 0)")
-    finite(x, xname)
-    finite(y, yname)
+    values([(x, xname, "finite"), (y, yname, "finite")], check_values)
 
 
-def cost(c) -> None:
+def cost(c, check_values: bool = True) -> None:
     features(c, "cost", what="[B, M, N]")
     if c.shape[1] == 0 or c.shape[2] == 0:
         raise ValueError(f"cost must have M > 0 anchors and N > 0 sources, got shape {tuple(c.shape)}")
-    finite(c, "cost")
+    values([(c, "cost", "finite")], check_values)
 
 
-def weight(w, name: str, batch: int, length: int, device) -> None:
-    """Optional marginal [B, length]: finite, >= 0, not all zero per problem (zero = padding)."""
+def weight(w, name: str, batch: int, length: int, device, check_values: bool = True) -> None:
+    """Optional marginal [B, length]: finite, >= 0, not all zero per problem (zero = padding).
+    The value part runs only with check_values (see `values`, which can batch it with others)."""
     if w is None:
         return
     features(w, name, rank=2, what=f"[B={batch}, {length}]")
@@ -74,13 +111,7 @@ def weight(w, name: str, batch: int, length: int, device) -> None:
         raise ValueError(f"{name} must have shape [{batch}, {length}], got {tuple(w.shape)}")
     if w.device != device:
         raise ValueError(f"{name} is on device {w.device} but the features are on device {device}")
-    finite(w, name)
-    if _no_data(w):
-        return
-    if bool((w < 0).any()):
-        raise ValueError(f"{name} has negative entries")
-    if not bool((w.sum(1) > 0).all()):
-        raise ValueError(f"{name} is all zero for some problem: every entry would be padding")
+    values([(w, name, "weight")], check_values)
 
 
 def _real(v, name: str) -> float:
@@ -116,9 +147,9 @@ def solver(eps, max_iter, tol) -> None:
         raise ValueError(f"tol must be >= 0, got {tol}")
 
 
-def aggregation(lam, tau, keep, source_weight, n: int) -> None:
-    """lam >= 0; at most one of tau (in [0, 1]) and keep (0..N, and no more than the
-    non-padded sources of any problem)."""
+def aggregation(lam, tau, keep, source_weight, n: int, check_values: bool = True) -> None:
+    """lam >= 0; at most one of tau (in [0, 1]) and keep (0..N, and, with check_values, no more
+    than the non-padded sources of any problem: one host sync)."""
     if _real(lam, "lam") < 0:
         raise ValueError(f"lam must be >= 0, got {lam}")
     if tau is not None and keep is not None:
@@ -129,7 +160,7 @@ def aggregation(lam, tau, keep, source_weight, n: int) -> None:
         return
     if integer(keep, "keep", 0) > n:
         raise ValueError(f"keep must be in [0, N={n}], got {keep}")
-    if source_weight is not None and not _no_data(source_weight):
+    if check_values and source_weight is not None and not _no_data(source_weight):
         fewest = int((source_weight > 0).sum(1).min())
         if keep > fewest:
             raise ValueError(f"keep={keep} exceeds the {fewest} non-padded sources of a problem")

@@ -27,4 +27,14 @@ sinkhorn_aggregate_cpu(const at::Tensor& anchors, const at::Tensor& sources,
                        int64_t max_iter, double tol, std::optional<double> tau,
                        std::optional<int64_t> keep);
 
+// Inter-frame scan of whole clips (SPEC §5): frames [C,L,M,D], lengths [C], sizes [C,L,M],
+// anchor_weight [C,M], tau or keep [C,L] -> (anchors [C,M,D], sizes [C,M], kept [C,L,M] bool,
+// confidence [C,L,M], f [C,L,M], g [C,L,M], iterations [C,L] int64, error [C,L]).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor>
+clip_aggregate_cpu(const at::Tensor& frames, const at::Tensor& lengths, const at::Tensor& sizes,
+                   const std::optional<at::Tensor>& anchor_weight, double eps, double lam,
+                   int64_t max_iter, double tol, std::optional<double> tau,
+                   const std::optional<at::Tensor>& keep);
+
 }  // namespace aot

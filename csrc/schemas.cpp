@@ -14,4 +14,10 @@ TORCH_LIBRARY(aot, m) {
       "float tol=0.0, float? tau=None, int? keep=None) "
       "-> (Tensor tokens, Tensor mass, Tensor confidence, Tensor kept, Tensor distance, "
       "Tensor iterations, Tensor f, Tensor g, Tensor error)");
+  m.def(
+      "clip_aggregate(Tensor frames, Tensor lengths, Tensor sizes, Tensor? anchor_weight=None, "
+      "float eps=0.1, float lam=1.0, int max_iter=100, float tol=0.0, float? tau=None, "
+      "Tensor? keep=None) "
+      "-> (Tensor anchors, Tensor sizes, Tensor kept, Tensor confidence, Tensor f, Tensor g, "
+      "Tensor iterations, Tensor error)");
 }

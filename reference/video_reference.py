@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reference.ot_reference import sinkhorn_aggregate
+from reference.ot_reference import clip_aggregate, sinkhorn_aggregate
 from reference.selection_reference import select_anchors, uniform_clips
 
 
@@ -99,22 +99,15 @@ def reduce_video(features, scores, local_scores, grid, windows, num_anchors, cli
 
     # Inter-frame: within a clip, the first frame's tokens absorb the later frames in order.
     for s, e in clips:
-        a, a_sizes = frame_tokens[s].copy(), frame_sizes[s].copy()
-        kept_later = []
-        for t in range(s + 1, e):
-            r = sinkhorn_aggregate(a, frame_tokens[t], weights(m), None, eps, lam_inter, max_iter,
-                                   tol, tau=tau, keep=None if tau is not None else quota[t])
-            p = column_shares(r.plan)
-            for j in range(m):
-                a_sizes[j] += sum(p[j, i] * frame_sizes[t][i] for i in range(m) if not r.kept[i])
-            a = r.tokens
-            for i in range(m):
-                if r.kept[i]:
-                    kept_later.append((frame_tokens[t][i], frame_sizes[t][i], t, anchors[t][i]))
+        r = clip_aggregate(np.stack(frame_tokens[s:e]), e - s, np.stack(frame_sizes[s:e]),
+                           weights(m), eps, lam_inter, max_iter, tol, tau=tau,
+                           keep=None if tau is not None else quota[s:e])
         for j in range(m):
-            emit(a[j], a_sizes[j], s, anchors[s][j], False)
-        for token, size, t, index in kept_later:
-            emit(token, size, t, index, True)
+            emit(r.anchors[j], r.sizes[j], s, anchors[s][j], False)
+        for t in range(s + 1, e):
+            for i in range(m):
+                if r.kept[t - s, i]:
+                    emit(frame_tokens[t][i], frame_sizes[t][i], t, anchors[t][i], True)
     return {"tokens": np.array(out["tokens"]).reshape(-1, x.shape[2]),
             "frame_ids": np.array(out["frame_ids"], dtype=np.int64),
             "positions": np.array(out["positions"], dtype=np.int64),

@@ -125,3 +125,65 @@ def max_err(value: torch.Tensor, ref: np.ndarray) -> float:
         return 0.0
     scale = max(1.0, float(np.abs(ref[finite]).max()))
     return float(np.abs(v[finite] - ref[finite]).max()) / scale
+
+
+# ---- clip_aggregate (SPEC §5 over whole clips) -----------------------------------------------
+
+@dataclass(frozen=True)
+class ClipSample:
+    """C clips of up to L frames of M tokens; clip c uses its first lengths[c] frames."""
+    C: int
+    L: int
+    M: int
+    D: int
+    lengths: tuple
+    mode: str = "keep"  # keep (random counts) | tau | merge (neither: every token merged)
+    unit: bool = False  # anchor_weight = ones (unit demand) instead of uniform probabilities
+    eps: float = 0.1
+    tol: float = 0.0
+    max_iter: int = 100
+    seed: int = 0
+
+    @property
+    def name(self):
+        unit = "-unit" if self.unit else ""
+        return (f"C{self.C}L{self.L}M{self.M}D{self.D}-len{'.'.join(map(str, self.lengths))}-"
+                f"{self.mode}{unit}-eps{self.eps}-tol{self.tol}")
+
+
+CLIP_SAMPLES = [
+    ClipSample(1, 1, 3, 4, (1,), "merge"),  # one frame: nothing to absorb
+    ClipSample(3, 4, 7, 12, (4, 2, 3), "keep"),
+    ClipSample(3, 4, 7, 12, (4, 2, 3), "tau", unit=True),
+    ClipSample(2, 3, 5, 8, (3, 3), "merge", eps=0.01),  # exp(-C/eps) underflows in fp32
+    ClipSample(2, 5, 9, 16, (5, 4), "keep", tol=1e-6, max_iter=400),
+    ClipSample(2, 3, 40, 64, (3, 2), "keep", unit=True),
+]
+
+
+def clip_inputs(s: ClipSample, dtype=torch.float64):
+    """frames [C,L,M,D] in `dtype` (each frame a noisy copy of a clip base, so plans are far from
+    uniform), lengths [C], sizes [C,L,M] >= 1 (float64), and the clip_aggregate keywords."""
+    g = torch.Generator().manual_seed(s.seed + 100 * s.M + s.L)
+    base = torch.randn(s.C, 1, s.M, s.D, generator=g, dtype=torch.float64)
+    frames = base + 0.6 * torch.randn(s.C, s.L, s.M, s.D, generator=g, dtype=torch.float64)
+    sizes = 1 + torch.rand(s.C, s.L, s.M, generator=g, dtype=torch.float64)
+    kw = dict(eps=s.eps, max_iter=s.max_iter, tol=s.tol,
+              anchor_weight=torch.ones(s.C, s.M, dtype=torch.float64) if s.unit else None)
+    if s.mode == "keep":
+        kw["keep"] = torch.randint(0, s.M + 1, (s.C, s.L), generator=g)
+    elif s.mode == "tau":
+        kw["tau"] = 0.5
+    return frames.to(dtype), torch.tensor(s.lengths), sizes, kw
+
+
+@functools.lru_cache(maxsize=None)
+def clip_reference(s: ClipSample, dtype=torch.float64):
+    """R.clip_aggregate of every clip, on the frames rounded to `dtype`."""
+    frames, lengths, sizes, kw = clip_inputs(s, dtype)
+    kw = dict(kw)
+    aw, keep = kw.pop("anchor_weight"), kw.pop("keep", None)
+    return [R.clip_aggregate(frames[c].double().numpy(), int(lengths[c]), sizes[c].numpy(),
+                             None if aw is None else aw[c].numpy(),
+                             keep=None if keep is None else keep[c].numpy(), **kw)
+            for c in range(s.C)]

@@ -121,10 +121,15 @@ def test_clip_aggregate_bad_inputs_are_named():
     cases = [
         (dict(frames=frames[0]), ValueError, "frames"),
         (dict(lengths=[1, 4]), ValueError, "lengths"),
-        (dict(lengths=[1.0, 2.0]), ValueError, "lengths"),
+        (dict(lengths=[1.0, 2.0]), TypeError, "lengths"),
+        (dict(lengths=torch.tensor([0, 2])), ValueError, "lengths must be in"),
+        (dict(lengths=torch.tensor([1.0, 2.0])), TypeError, "lengths"),
+        (dict(sizes=torch.ones(2, 3, 4).log() - 1 / torch.zeros(1)), ValueError, "sizes"),
         (dict(sizes=torch.ones(2, 3, 5)), ValueError, "sizes"),
         (dict(keep=[[0, 1, 1]]), ValueError, "keep"),
-        (dict(keep=[[0, 1, 5], [0, 0, 0]]), ValueError, "keep counts"),
+        (dict(keep=[[0, 1, 5], [0, 0, 0]]), ValueError, "keep must be in"),
+        (dict(keep=torch.tensor([[0, 1, 5], [0, 0, 0]])), ValueError, "keep must be in"),
+        (dict(keep=torch.ones(2, 3)), TypeError, "keep"),
         (dict(keep=[[0, 1, 1], [0, 0, 0]], tau=0.5), ValueError, "not both"),
         (dict(tau=2.0), ValueError, "tau"),
         (dict(anchor_weight=-torch.ones(2, 4)), ValueError, "negative"),
@@ -135,3 +140,44 @@ def test_clip_aggregate_bad_inputs_are_named():
         x = kw.pop("frames", frames)
         with pytest.raises(exc, match=match):
             ak.clip_aggregate(x, **kw)
+    nan = frames.clone()
+    nan[1, 2, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="frames contains NaN"):
+        ak.clip_aggregate(nan)
+
+
+def test_the_op_checks_its_arguments_without_the_python_layer():
+    frames, lengths, sizes = torch.randn(2, 3, 4, 5), torch.tensor([3, 2]), torch.ones(2, 3, 4)
+    op = torch.ops.aot.clip_aggregate
+    with pytest.raises(ValueError, match="lengths must be in"):
+        op(frames, torch.tensor([3, 4]), sizes)
+    with pytest.raises(TypeError, match="lengths must be an integer tensor"):
+        op(frames, lengths.float(), sizes)
+    with pytest.raises(ValueError, match="keep counts must be in"):
+        op(frames, lengths, sizes, keep=torch.full((2, 3), 5))
+    with pytest.raises(ValueError, match="sizes must have shape"):
+        op(frames, lengths, sizes[:, :2])
+    with pytest.raises(ValueError, match="not both"):
+        op(frames, lengths, sizes, tau=0.5, keep=torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_check_values_false_reads_no_values():
+    """check_values=False skips the data checks (one host sync) but never the shape checks."""
+    x = torch.randn(2, 4, 6)
+    x[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="anchors contains NaN"):
+        ak.sinkhorn_aggregate(x, x.clone().nan_to_num())
+    out = ak.sinkhorn_aggregate(x, x.clone().nan_to_num(), check_values=False, backend="torch")
+    assert out.tokens[0].isnan().any()  # garbage in, garbage out: the caller opted out
+    with pytest.raises(ValueError, match="feature sizes differ"):
+        ak.sinkhorn_aggregate(x, torch.randn(2, 4, 5), check_values=False)
+    with pytest.raises(ValueError, match="cost contains NaN"):
+        ak.sinkhorn(x)
+    ak.sinkhorn(x, check_values=False, backend="torch")
+    with pytest.raises(ValueError, match="source_weight has negative"):
+        ak.sinkhorn(torch.rand(2, 4, 6), source_weight=-torch.ones(2, 6))
+    frames = torch.randn(2, 3, 4, 5)
+    with pytest.raises(ValueError, match="keep must be in"):
+        ak.clip_aggregate(frames, keep=torch.full((2, 3), 9))
+    with pytest.raises(ValueError, match="keep must have shape"):
+        ak.clip_aggregate(frames, keep=torch.zeros(3, 3, dtype=torch.long), check_values=False)

@@ -70,11 +70,10 @@ def sinkhorn_aggregate(anchors, sources, anchor_weight, source_weight, eps, lam,
                     sources, anchor_weight, source_weight, eps, lam, max_iter, tol, tau, keep)
 
 
-def clip_aggregate(frames, lengths, sizes, anchor_weight, eps, lam, max_iter, tol, tau, keep,
-                   fallback):
-    """The clip scan on the GPU; `fallback` (same arguments) serves the call if a kernel fails."""
-    return _guarded(_sinkhorn_mod.clip_aggregate, fallback, frames, lengths, sizes,
-                    anchor_weight, eps, lam, max_iter, tol, tau, keep)
+def clip_aggregate(frames, lengths, sizes, anchor_weight=None, eps=0.1, lam=1.0, max_iter=100,
+                   tol=0.0, tau=None, keep=None):
+    return _guarded(_sinkhorn_mod.clip_aggregate, composite.clip_aggregate, frames, lengths,
+                    sizes, anchor_weight, eps, lam, max_iter, tol, tau, keep)
 
 
 def register() -> bool:
@@ -92,5 +91,6 @@ def register() -> bool:
     torch.library.register_kernel("aot::cosine_cost", "cuda", cosine_cost)
     torch.library.register_kernel("aot::sinkhorn", "cuda", sinkhorn)
     torch.library.register_kernel("aot::sinkhorn_aggregate", "cuda", sinkhorn_aggregate)
+    torch.library.register_kernel("aot::clip_aggregate", "cuda", clip_aggregate)
     _registered = True
     return True

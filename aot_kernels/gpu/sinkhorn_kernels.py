@@ -467,36 +467,51 @@ def sinkhorn_aggregate(anchors, sources, anchor_weight, source_weight, eps, lam,
             f.to(out), g.to(out), error.to(out))
 
 
-def clip_aggregate(frames, lengths, sizes, anchor_weight, eps, lam, max_iter, tol, tau, keep,
-                   path="auto"):
-    """All clips at once, frames in order (see api.clip_aggregate; inputs validated, keep a
-    [C,L] int64 tensor or None). Step l is one batched cost / solve / statistics / fold over the
-    clips, the anchors folded in place; a clip past its length gets zero weights, so its
-    anchors and sizes stay as they are and its padding frames never reach the result. No host
-    synchronisation. fp64 is served by the step loop of the caller."""
+def clip_aggregate(frames, lengths, sizes, anchor_weight, eps, lam, max_iter, tol, tau=None,
+                   keep=None, path="auto"):
+    """Same contract and outputs as torch.ops.aot.clip_aggregate (inputs validated). Step l is
+    one batched cost / solve / statistics / fold over the clips, the anchors folded in place
+    (in the frames' dtype, like every op output); a clip past its length gets zero weights, so
+    its anchors and sizes stay as they are and its padding frames never reach the result. No
+    host synchronisation."""
+    if frames.dtype == torch.float64:
+        return composite.clip_aggregate(frames, lengths, sizes, anchor_weight, eps, lam,
+                                        max_iter, tol, tau, keep)
     c, length, m, _ = frames.shape
     dev = frames.device
     anchors = frames[:, 0].contiguous().clone()
     out_sizes = sizes[:, 0].float().contiguous().clone()
     kept = torch.zeros(c, length, m, dtype=torch.bool, device=dev)
-    confidence = torch.zeros(c, length, m, dtype=torch.float32, device=dev)
+    per_step = torch.zeros(4, c, length, m, dtype=torch.float32, device=dev)  # q, f, g, error
+    confidence, f_all, g_all = per_step[0], per_step[1], per_step[2]
+    error = per_step[3, :, :, 0]
+    iterations = torch.zeros(c, length, dtype=torch.int64, device=dev)
     # Anchors: their weights (or uniform probabilities); sources uniform, balanced to them.
     a, s = composite.marginals(anchor_weight, None, c, m, m, torch.float32, dev)
     a, s = a.contiguous(), s.contiguous()
     lengths = lengths.to(dev)
+    no_keep = torch.zeros(c, dtype=torch.int64, device=dev)
     for step in range(1, length):
         live = (step < lengths).view(c, 1)
         source = torch.where(live.view(c, 1, 1), frames[:, step], anchors).contiguous()
         cost32 = cosine_cost(anchors, source, out_dtype=torch.float32)
-        f, g, _, _ = _solve_problems(cost32, a, s, eps, max_iter, tol, path)
+        f, g, it, err = _solve_problems(cost32, a, s, eps, max_iter, tol, path)
         column, conf, _ = _statistics(cost32, f, g, eps)
-        count = torch.zeros(c, dtype=torch.int64, device=dev) if keep is None else keep[:, step]
-        chosen = composite.select_kept(conf, s, tau, None if tau is not None else count)
+        if tau is not None:
+            chosen = composite.select_kept(conf, s, tau=tau)
+        else:
+            chosen = composite.select_kept(conf, s, keep=no_keep if keep is None else keep[:, step])
         chosen &= live
         scale = torch.where(live, composite.merge_scale(column, s, chosen), 0.0)
-        _, carried = _fold_into(anchors, source, cost32, f, g, scale, anchors, eps, lam,
-                                sizes[:, step].float().contiguous())
+        merged = torch.where(live, sizes[:, step].float(), 0.0).contiguous()  # padding: anything
+        _, carried = _fold_into(anchors, source, cost32, f, g, scale, anchors, eps, lam, merged)
         out_sizes += carried
         kept[:, step] = chosen
         confidence[:, step] = torch.where(live, conf, 0.0)
-    return anchors, out_sizes, kept, confidence
+        f_all[:, step] = torch.where(live, f, 0.0)
+        g_all[:, step] = torch.where(live, g, 0.0)
+        iterations[:, step] = torch.where(live.view(c), it, 0)
+        error[:, step] = torch.where(live.view(c), err, 0.0)
+    out = frames.dtype
+    return (anchors, out_sizes.to(sizes.dtype), kept, confidence.to(out), f_all.to(out),
+            g_all.to(out), iterations, error.to(out))

@@ -21,6 +21,7 @@
 #include "../aot_ops.h"
 #include "common.h"
 #include "hot_loops.h"
+#include "solve.h"
 
 namespace aot {
 
@@ -236,9 +237,7 @@ SolveOut<T> solve_problem(const T* C, const T* a, const T* s, int64_t M, int64_t
   return out;
 }
 
-struct Solved {
-  at::Tensor f, g, iterations, error;
-};
+}  // namespace
 
 // Solves every problem of cost [B,M,N] (compute dtype, contiguous) in parallel; writes the plan
 // into `plan` ([B,M,N], same dtype) when it is defined.
@@ -281,7 +280,8 @@ Solved solve_batch(const at::Tensor& cost, const at::Tensor& a, const at::Tensor
 template <typename T>
 void plan_to_weights(T* W, const T* C, const T* s, int64_t M, int64_t N, T lam,
                      std::optional<double> tau, std::optional<int64_t> keep, T* confidence,
-                     bool* kept, T* distance, T* mass, T* anchor_scale) {
+                     bool* kept, T* distance, T* mass, T* anchor_scale, const T* source_sizes,
+                     T* carried) {
   std::vector<T> column(N, T(0));
   std::vector<T> top(N, T(0));
   double dist = 0;  // sum over M*N terms: double keeps fp32 outputs at rounding level
@@ -321,13 +321,24 @@ void plan_to_weights(T* W, const T* C, const T* s, int64_t M, int64_t N, T lam,
     T acc = 0;
     for (int64_t i = 0; i < N; ++i) acc += Wj[i];
     mass[j] = acc;
+    if (carried != nullptr) {  // sizes merged into anchor j: sum_i W_ji size_i (clip steps)
+      T merged = 0;
+      for (int64_t i = 0; i < N; ++i) merged += Wj[i] * source_sizes[i];
+      carried[j] = merged;
+    }
     anchor_scale[j] = T(1) / (T(1) + lam * acc);
     const T row_scale = lam * anchor_scale[j];
     for (int64_t i = 0; i < N; ++i) Wj[i] *= row_scale;
   }
 }
 
-}  // namespace
+template void plan_to_weights<float>(float*, const float*, const float*, int64_t, int64_t, float,
+                                     std::optional<double>, std::optional<int64_t>, float*, bool*,
+                                     float*, float*, float*, const float*, float*);
+template void plan_to_weights<double>(double*, const double*, const double*, int64_t, int64_t,
+                                      double, std::optional<double>, std::optional<int64_t>,
+                                      double*, bool*, double*, double*, double*, const double*,
+                                      double*);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cpu(
     const at::Tensor& cost, const std::optional<at::Tensor>& anchor_weight,
@@ -390,7 +401,7 @@ sinkhorn_aggregate_cpu(const at::Tensor& anchors, const at::Tensor& sources,
                                   confidence.data_ptr<scalar_t>() + b * N,
                                   kept.data_ptr<bool>() + b * N, distance.data_ptr<scalar_t>() + b,
                                   mass.data_ptr<scalar_t>() + b * M,
-                                  anchor_scale.data_ptr<scalar_t>() + b * M);
+                                  anchor_scale.data_ptr<scalar_t>() + b * M, nullptr, nullptr);
     });
   });
   // x~ = (x + lam W y) / (1 + lam W 1) = x * anchor_scale + W' y: GEMM 2 of 2, accumulating.
