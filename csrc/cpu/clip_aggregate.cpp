@@ -85,7 +85,7 @@ clip_aggregate_cpu(const at::Tensor& frames, const at::Tensor& lengths, const at
     const auto idx = all ? at::Tensor() : at::tensor(live, opts.dtype(at::kLong));
     auto pick = [&](const at::Tensor& t) { return all ? t : t.index_select(0, idx); };
     auto X = pick(anchors).contiguous();
-    auto Y = pick(x.select(1, step)).contiguous();
+    auto Y = pick(x.select(1, step));  // a strided view: the GEMMs read it in place
     auto a_b = pick(a).contiguous();
     auto s_b = pick(s).contiguous();
     auto source_sizes = pick(sizes.select(1, step)).to(dt).contiguous();

@@ -43,8 +43,14 @@ inline void check_solver_args(double eps, int64_t max_iter, double tol) {
 // three in-place passes over the much smaller C.
 inline at::Tensor cosine_cost_compute(const at::Tensor& x, const at::Tensor& y) {
   const auto dt = compute_dtype(x.scalar_type());
-  auto xc = x.to(dt).contiguous();
-  auto yc = y.to(dt).contiguous();
+  // Rows must be contiguous; batches may be strided (a frame of a [C,L,M,D] clip tensor): the
+  // batched GEMM takes the batch stride as it is, so no copy.
+  auto rows = [&](const at::Tensor& t) {
+    auto c = t.to(dt);
+    return c.stride(-1) == 1 && c.stride(-2) == c.size(-1) ? c : c.contiguous();
+  };
+  auto xc = rows(x);
+  auto yc = rows(y);
   auto inv_x = at::linalg_vector_norm(xc, 2, {-1}, /*keepdim=*/true).clamp_min_(1e-12).reciprocal_();
   auto inv_y = at::linalg_vector_norm(yc, 2, {-1}, /*keepdim=*/true).clamp_min_(1e-12).reciprocal_();
   auto cost = at::bmm(xc, yc.transpose(1, 2));

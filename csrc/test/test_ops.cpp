@@ -62,6 +62,28 @@ int main() {
                       std::nullopt);
   expect(torch::equal(std::get<0>(same), x), "lam = 0 returns the anchors");
 
+  // A two-frame clip is one inter-mode step: clip_aggregate == sinkhorn_aggregate(keep) on
+  // (frame 0, frame 1); a one-frame clip (length 1) keeps its anchors and sizes.
+  auto frames = torch::randn({2, 2, M, D}, opts);
+  auto lengths = torch::tensor({2, 1}, torch::kLong);
+  auto keep = torch::tensor({0, 3, 0, 0}, torch::kLong).view({2, 2});
+  auto clip_op = c10::Dispatcher::singleton().findSchemaOrThrow("aot::clip_aggregate", "")
+                     .typed<decltype(aot::clip_aggregate_cpu)>();
+  auto clip = clip_op.call(frames, lengths, torch::ones({2, 2, M}, opts), std::nullopt, eps, 1.0,
+                           100, 0.0, std::nullopt, keep);
+  auto step = aot::sinkhorn_aggregate_cpu(frames.select(1, 0).narrow(0, 0, 1),
+                                          frames.select(1, 1).narrow(0, 0, 1), std::nullopt,
+                                          std::nullopt, eps, 1.0, 100, 0.0, std::nullopt, 3);
+  expect(torch::allclose(std::get<0>(clip)[0], std::get<0>(step)[0], 0, 1e-12) &&
+             torch::equal(std::get<2>(clip)[0][1], std::get<3>(step)[0]),
+         "a two-frame clip is one keep-count step");
+  expect(torch::equal(std::get<0>(clip)[1], frames[1][0]) &&
+             torch::equal(std::get<1>(clip)[1], torch::ones({M}, opts)),
+         "a one-frame clip is left as it is");
+  // Sizes are conserved: merged tokens' sizes move into the anchors, kept ones stay outside.
+  const double total = std::get<1>(clip)[0].sum().item<double>() + 3.0;
+  expect(std::abs(total - 2.0 * M) < 1e-9, "clip sizes conserved");
+
   // Bad input is a ValueError, not a crash.
   bool threw = false;
   try {
