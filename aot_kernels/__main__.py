@@ -202,7 +202,8 @@ def bench_command(args) -> int:
     if args.threads and min(args.threads) < 1:
         print("--threads takes counts >= 1", file=sys.stderr)
         return 2
-    suite.main(quick=args.quick, json_path=args.json, plot_path=args.plot, threads=args.threads)
+    suite.main(quick=args.quick, json_path=args.json, plot_path=args.plot, threads=args.threads,
+               video_only=args.video_only)
     return 0
 
 
@@ -290,9 +291,12 @@ def main(argv=None) -> int:
                              "torch.compile, POT and the GEMM floor")
     p_bench.add_argument("--quick", action="store_true", help="fewer cases and sweep points")
     p_bench.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
-    p_bench.add_argument("--plot", metavar="PATH", help="write time-vs-size plots (PNG)")
+    only = p_bench.add_mutually_exclusive_group()  # the plot is of the op sweeps
+    only.add_argument("--plot", metavar="PATH", help="write time-vs-size plots (PNG)")
+    only.add_argument("--video-only", action="store_true",
+                      help="only the whole-video AOTReducer rows (cpp, torch, GEMM floor)")
     p_bench.add_argument("--threads", type=int, nargs="+", metavar="T",
-                         help="thread counts for the paper cases (default: 1 and all)")
+                         help="thread counts for the paper cases and the video rows (default: 1 and all)")
     p_bench.set_defaults(func=bench_command)
     p_flops = sub.add_parser("flops", help="visual-token prefill/decode FLOPs of the LLM "
                              "before and after reduction (SPEC §7)")

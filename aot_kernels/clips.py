@@ -25,13 +25,15 @@ def uniform_clips(frames: int, clip_len: int) -> List[Clip]:
 
 
 def dynamic_clips(frame_features: torch.Tensor, num_clips: int = DYNAMIC_NUM_CLIPS,
-                  threshold: float = DYNAMIC_THRESHOLD) -> List[Clip]:
+                  threshold: float = DYNAMIC_THRESHOLD, check_values: bool = True
+                  ) -> List[Clip]:
     """FastVID's dynamic segmentation (DySeg).
 
     frame_features [F,D]: one global feature per frame (e.g. the mean of its tokens), L2
     normalised here. With s_t = <g_t, g_t+1>, cuts go after the num_clips-1 smallest s_t (ties
     to the earlier frame) and after every t with s_t < threshold; a video with fewer than
     num_clips frames is cut after every frame. Returns [start, end) frame ranges in order.
+    The cuts depend on values: this waits for the device (check_values: also for NaN/inf).
     """
     validate.features(frame_features, "frame_features", rank=2, what="[F, D]")
     num_clips = validate.integer(num_clips, "num_clips", 1)
@@ -40,7 +42,7 @@ def dynamic_clips(frame_features: torch.Tensor, num_clips: int = DYNAMIC_NUM_CLI
     frames = frame_features.shape[0]
     if frames == 0:
         raise ValueError("frame_features has no frames")
-    validate.finite(frame_features, "frame_features")
+    validate.values([(frame_features, "frame_features", "finite")], check_values)
     unit = F.normalize(frame_features.to(torch.float64), dim=1, eps=1e-12)
     sims = (unit[:-1] * unit[1:]).sum(1)  # [F-1]
     smallest = torch.sort(sims, stable=True).indices[:num_clips - 1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -13,8 +13,8 @@ from . import validate
 from .api import clip_aggregate, sinkhorn_aggregate
 from .clips import DYNAMIC_NUM_CLIPS, DYNAMIC_THRESHOLD, dynamic_clips, uniform_clips
 from .selection import even_split, select_anchors
-from .video import (Clip, ReducedVideo, Video, as_videos, finish, grid_of, received_sizes,
-                    retention as check_retention, size_dtype, token_budget)
+from .video import (Clip, IndexCache, ReducedVideo, Video, as_videos, finish, grid_of,
+                    received_sizes, retention as check_retention, size_dtype, token_budget)
 
 DEFAULT_CLIP_LEN = 8
 # Anchors take ~80% of the budget, dynamic tokens the rest: the paper's LLaVA-OneVision-7B
@@ -80,12 +80,113 @@ def _rows(feats: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return feats.reshape(frames * n, d).index_select(0, flat.flatten()).view(frames, -1, d)
 
 
+def _cat(tensors: List[torch.Tensor]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
 @dataclass
 class _Plan:
     anchors: int
     clips: List[Clip]
     budget: Optional[int]  # K in quota mode
     keep: Optional[List[int]]  # dynamic tokens per frame in quota mode
+
+
+class _Clips(NamedTuple):
+    """Stage-3 inputs of the videos sharing an anchor count M (frames stacked video after
+    video), from their plans only. C clips (every video's, in order), L the longest.
+    rows [C,L] int64: each (clip, step)'s frame (steps past a clip's end repeat its first
+    frame: padding, never read). lengths [C] int64. keep [C,L] int64 (quota mode) or None.
+    counts [C][L]: keep on the host (quota mode) or None."""
+    rows: torch.Tensor
+    lengths: torch.Tensor
+    keep: Optional[torch.Tensor]
+    counts: Optional[List[List[int]]]
+
+
+class _Layout(NamedTuple):
+    """Where each output token comes from, given the dynamic tokens per (clip, step).
+
+    Dynamic tokens, all clips' by (clip, step, slot): row r = k L + l of the [C*L, M] kept
+    mask, stably sorted by ~kept, starts with its counts[k][l] kept slots in slot order. Per
+    dynamic token, row_start [T] = r M and pick [T] = r M + its rank in the row, so its row in
+    [C*L*M] is row_start + order.flatten()[pick]. gather [K_1 + K_2 + ...]: every video's
+    tokens in SPEC §5 order, as rows of [C*M clip anchors; T dynamic tokens]; frame_ids and
+    dynamic [K_1 + K_2 + ...] alike. tokens: K_b per video."""
+    row_start: torch.Tensor
+    pick: torch.Tensor
+    gather: torch.Tensor
+    frame_ids: torch.Tensor
+    dynamic: torch.Tensor
+    tokens: List[int]
+
+
+def _long(values, device) -> torch.Tensor:
+    # as_tensor, not tensor: it also builds fake CUDA tensors on a CPU-only torch.
+    return torch.as_tensor(values, dtype=torch.long, device=device)
+
+
+def _clip_inputs(plans: Sequence[_Plan], device) -> _Clips:
+    starts, lengths, counts = [], [], []
+    offset = 0
+    for p in plans:
+        for s, e in p.clips:
+            starts.append(offset + s)
+            lengths.append(e - s)
+            if p.keep is not None:
+                counts.append(p.keep[s:e])
+        offset += p.clips[-1][1]
+    longest = max(lengths)
+    rows = [[start + (step if step < count else 0) for step in range(longest)]
+            for start, count in zip(starts, lengths)]
+    if plans[0].keep is None:
+        return _Clips(_long(rows, device), _long(lengths, device), None, None)
+    counts = [q + [0] * (longest - len(q)) for q in counts]
+    return _Clips(_long(rows, device), _long(lengths, device), _long(counts, device), counts)
+
+
+def _layout(plans: Sequence[_Plan], counts: List[List[int]], m: int, device) -> _Layout:
+    longest, table = len(counts[0]), len(counts) * m  # clip anchors first, then dynamic tokens
+    row_start, pick, gather, frame_ids, dynamic, tokens = [], [], [], [], [], []
+    k = 0
+    for p in plans:
+        before = len(gather)
+        for s, _ in p.clips:
+            gather += range(k * m, (k + 1) * m)
+            frame_ids += [s] * m
+            dynamic += [False] * m
+            for step, q in enumerate(counts[k]):
+                gather += range(table + len(pick), table + len(pick) + q)
+                frame_ids += [s + step] * q
+                dynamic += [True] * q
+                start = (k * longest + step) * m
+                row_start += [start] * q
+                pick += range(start, start + q)
+            k += 1
+        tokens.append(len(gather) - before)
+    return _Layout(_long(row_start, device), _long(pick, device), _long(gather, device),
+                   _long(frame_ids, device),
+                   torch.as_tensor(dynamic, dtype=torch.bool, device=device), tokens)
+
+
+class _Clock:
+    """Per-stage milliseconds when profiling (each tick waits for the device); otherwise
+    neither clock nor synchronisation."""
+
+    def __init__(self, on: bool, device: torch.device):
+        self.on, self.device, self.ms = on, device, {}
+        self.last = self._now() if on else 0.0
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def tick(self, key: str) -> None:
+        if self.on:
+            now = self._now()
+            self.ms[key] = self.ms.get(key, 0.0) + 1e3 * (now - self.last)
+            self.last = now
 
 
 class AOTReducer:
@@ -113,6 +214,17 @@ class AOTReducer:
     uniform probabilities) or "unit" (one unit of demand per anchor, SPEC §3). windows: the
     local-anchor window grid. backend: as in `sinkhorn_aggregate`. profile=True synchronises and
     records per-stage milliseconds in `stats`.
+
+    Synchronisation. In quota mode with uniform segmentation (and tol=0 on the "torch"
+    backend, whose solver otherwise checks for convergence), a call never waits for the
+    device except for the value checks: the plan (clips, anchors, quotas) depends only on
+    shapes, selections use fixed counts (sorts, gathers), and the output is assembled with
+    index tensors built from the plan once per shape and device (a warmed-up reducer copies
+    nothing from the host, so it can be captured in a CUDA graph). check_values=True (default)
+    checks the features and scores for NaN/inf with one host sync per call; False reads no
+    values. Shapes and types are always checked. Threshold mode syncs once more (to count each
+    clip's dynamic tokens), segmentation="dynamic" whenever it cuts clips (the cuts depend on
+    the features), profile=True at every stage.
     """
 
     def __init__(self, retention: float = 0.10, *, num_anchors: Optional[int] = None,
@@ -122,7 +234,7 @@ class AOTReducer:
                  marginals: str = "probability", windows: Tuple[int, int] = (2, 2),
                  backend: str = "auto", num_clips: int = DYNAMIC_NUM_CLIPS,
                  seg_threshold: float = DYNAMIC_THRESHOLD, grid: Optional[Tuple[int, int]] = None,
-                 profile: bool = False):
+                 profile: bool = False, check_values: bool = True):
         self.retention = check_retention(retention)
         self.num_anchors = None if num_anchors is None else validate.integer(num_anchors, "num_anchors", 1)
         self.clip_len = None if clip_len is None else validate.integer(clip_len, "clip_len", 1)
@@ -144,7 +256,8 @@ class AOTReducer:
         self.eps, self.max_iter, self.tol = float(eps), int(max_iter), float(tol)
         self.lam_intra, self.lam_inter = float(lam_intra), float(lam_inter)
         self.tau = None if tau is None else float(tau)
-        self.profile = bool(profile)
+        self.profile, self.check_values = bool(profile), bool(check_values)
+        self._cache = IndexCache()  # stage-3 index tensors per plan shape and device
 
     @classmethod
     def preset(cls, model: str, retention: float = 0.10, **overrides) -> "AOTReducer":
@@ -184,7 +297,8 @@ class AOTReducer:
         """DySeg clips on the frames' mean tokens, or None (uniform clips are planned)."""
         if self.segmentation != "dynamic":
             return None
-        return dynamic_clips(video.features.mean(1), self.num_clips, self.seg_threshold)
+        return dynamic_clips(video.features.mean(1), self.num_clips, self.seg_threshold,
+                             check_values=False)
 
     def plan(self, frames: int, tokens: int, clips: Optional[List[Clip]] = None) -> _Plan:
         """Anchors, clips and per-frame dynamic quotas for an F x N video (ValueError if the
@@ -219,7 +333,7 @@ class AOTReducer:
 
     # ---- reduction ---------------------------------------------------------------------------
     def __call__(self, features, scores, local_scores=None, *, grid=None):
-        videos, form = as_videos(features, scores, local_scores)
+        videos, form = as_videos(features, scores, local_scores, self.check_values)
         if any(v.scores is None for v in videos):
             raise ValueError("AOTReducer needs scores [F, N] for every video")
         if form == "batch" and self.tau is not None:
@@ -236,95 +350,95 @@ class AOTReducer:
             return torch.ones(batch, m, dtype=like.dtype, device=like.device)
         return None
 
-    def _tick(self, stats: Dict[str, float], key: str, start: float, device) -> float:
-        if self.profile:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            now = time.perf_counter()
-            stats[key] = stats.get(key, 0.0) + 1e3 * (now - start)
-            return now
-        return start
-
     def _reduce(self, videos: List[Video], plans: List[_Plan], hw) -> List[ReducedVideo]:
-        feats0 = videos[0].features
-        device, n, d = feats0.device, feats0.shape[1], feats0.shape[2]
-        sdt = size_dtype(feats0.dtype)
-        stats: Dict[str, float] = {}
-        t0 = time.perf_counter()
-        if self.profile and device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-        # Stage 1+2: anchors and intra-frame folding, one batched call per anchor count.
-        frame_tokens: List[torch.Tensor] = [None] * len(videos)  # [F,M,D] per video
-        frame_sizes: List[torch.Tensor] = [None] * len(videos)  # [F,M]
-        anchor_idx: List[torch.Tensor] = [None] * len(videos)  # [F,M]
-        for m in sorted({p.anchors for p in plans}):
+        n = videos[0].features.shape[1]
+        clock = _Clock(self.profile, videos[0].features.device)
+        parts = {}  # video -> (tokens, sizes, frame_ids, positions, dynamic)
+        for m in sorted({p.anchors for p in plans}):  # one batched pass per anchor count
             members = [b for b, p in enumerate(plans) if p.anchors == m]
-            scores = torch.cat([videos[b].scores for b in members])
-            local = None
-            if any(videos[b].local_scores is not None for b in members):
-                local = torch.cat([videos[b].local_scores if videos[b].local_scores is not None
-                                   else videos[b].scores for b in members])
-            picked = select_anchors(scores, local, grid=hw, windows=self.windows, num_anchors=m)
-            t0 = self._tick(stats, "select_ms", t0, device)
-            feats = torch.cat([videos[b].features for b in members])
-            anchors = _rows(feats, picked.anchors)
-            if m < n:
-                sources = _rows(feats, picked.sources)
-                out = sinkhorn_aggregate(anchors, sources, anchor_weight=self._weights(len(feats), m, feats),
-                                         eps=self.eps, lam=self.lam_intra, max_iter=self.max_iter,
-                                         tol=self.tol, backend=self.backend)
-                count = torch.full((len(feats),), float(n - m), dtype=sdt, device=device)
-                total = torch.full_like(count, float(m) if self.marginals == "unit" else 1.0)
-                tokens, sizes = out.tokens, received_sizes(out.mass.to(sdt), count, total)
-            else:
-                tokens, sizes = anchors, torch.ones(len(feats), m, dtype=sdt, device=device)
-            t0 = self._tick(stats, "intra_ms", t0, device)
-            start = 0
-            for b in members:
-                f = videos[b].frames
-                frame_tokens[b], frame_sizes[b] = tokens[start:start + f], sizes[start:start + f]
-                anchor_idx[b] = picked.anchors[start:start + f]
-                start += f
-
-        # Stage 3: inter-frame folding of every clip of every video at once (per anchor count).
-        pieces: Dict[int, list] = {b: [] for b in range(len(videos))}
-        for m in sorted({p.anchors for p in plans}):
-            items = [(b, s, e) for b, p in enumerate(plans) if p.anchors == m for s, e in p.clips]
-            longest = max(e - s for _, s, e in items)
-            frames = feats0.new_zeros(len(items), longest, m, d)
-            sizes = torch.zeros(len(items), longest, m, dtype=sdt, device=device)
-            index = torch.zeros(len(items), longest, m, dtype=torch.long, device=device)
-            keep = None if self.tau is not None else [[0] * longest for _ in items]
-            for k, (b, s, e) in enumerate(items):
-                frames[k, :e - s] = frame_tokens[b][s:e]
-                sizes[k, :e - s] = frame_sizes[b][s:e]
-                index[k, :e - s] = anchor_idx[b][s:e]
-                if keep is not None:
-                    keep[k][:e - s] = plans[b].keep[s:e]
-            out = clip_aggregate(frames, [e - s for _, s, e in items], sizes,
-                                 anchor_weight=self._weights(len(items), m, frames), eps=self.eps,
-                                 lam=self.lam_inter, max_iter=self.max_iter, tol=self.tol,
-                                 tau=self.tau, keep=keep, backend=self.backend)
-            for k, (b, s, _) in enumerate(items):
-                # Anchors sit at the clip's first frame; dynamic tokens by (frame, position).
-                steps, slots = torch.nonzero(out.kept[k], as_tuple=True)
-                frame = s + steps
-                pieces[b].append((s, torch.cat([out.anchors[k], frames[k, steps, slots]]),
-                                  torch.cat([out.sizes[k], sizes[k, steps, slots]]),
-                                  torch.cat([torch.full_like(index[k, 0], s), frame]),
-                                  torch.cat([index[k, 0], index[k, steps, slots]]),
-                                  torch.cat([torch.zeros(m, dtype=torch.bool, device=device),
-                                             torch.ones(len(steps), dtype=torch.bool, device=device)])))
-        self._tick(stats, "inter_ms", t0, device)
-
+            tokens, sizes, index = self._intra([videos[b] for b in members], m, hw, clock)
+            parts.update(zip(members, self._inter(tokens, sizes, index,
+                                                  [plans[b] for b in members], n, clock)))
         results = []
         for b, p in enumerate(plans):
-            ordered = sorted(pieces[b], key=lambda piece: piece[0])  # clip order
-            toks, sizes_, fids, idx, dyn = (torch.cat([q[i] for q in ordered]) for i in range(1, 6))
-            frames_b = videos[b].frames
-            video_stats = dict(stats, tokens_in=frames_b * n, tokens_after_intra=frames_b * p.anchors,
-                               tokens_out=len(toks), anchors_per_frame=p.anchors, clips=len(p.clips))
-            results.append(ReducedVideo(toks, fids, fids * n + idx, sizes_, dyn, list(p.clips), hw,
-                                        video_stats))
+            toks, sizes, frame_ids, positions, dynamic = parts[b]
+            frames = videos[b].frames
+            stats = dict(clock.ms, tokens_in=frames * n, tokens_after_intra=frames * p.anchors,
+                         tokens_out=len(toks), anchors_per_frame=p.anchors, clips=len(p.clips))
+            results.append(ReducedVideo(toks, frame_ids, positions, sizes, dynamic, list(p.clips),
+                                        hw, stats))
         return results
+
+    def _intra(self, videos: List[Video], m: int, hw, clock: _Clock):
+        """Stages 1-2 (anchors, intra-frame folding) of videos sharing M, their frames stacked
+        (G in all): tokens [G,M,D], sizes [G,M], the anchors' token indices [G,M] int64."""
+        feats = _cat([v.features for v in videos])
+        scores = _cat([v.scores for v in videos])
+        local = None
+        if any(v.local_scores is not None for v in videos):
+            local = _cat([v.scores if v.local_scores is None else v.local_scores for v in videos])
+        # The reducer checked its inputs; its own intermediate tensors need no value checks.
+        picked = select_anchors(scores, local, grid=hw, windows=self.windows, num_anchors=m,
+                                check_values=False)
+        clock.tick("select_ms")
+        frames, n = feats.shape[:2]
+        sdt = size_dtype(feats.dtype)
+        anchors = _rows(feats, picked.anchors)
+        if m < n:
+            out = sinkhorn_aggregate(anchors, _rows(feats, picked.sources),
+                                     anchor_weight=self._weights(frames, m, feats), eps=self.eps,
+                                     lam=self.lam_intra, max_iter=self.max_iter, tol=self.tol,
+                                     backend=self.backend, check_values=False)
+            count = torch.full((frames,), float(n - m), dtype=sdt, device=feats.device)
+            total = torch.full_like(count, float(m) if self.marginals == "unit" else 1.0)
+            tokens, sizes = out.tokens, received_sizes(out.mass.to(sdt), count, total)
+        else:
+            tokens, sizes = anchors, torch.ones(frames, m, dtype=sdt, device=feats.device)
+        clock.tick("intra_ms")
+        return tokens, sizes, picked.anchors
+
+    def _inter(self, tokens, sizes, index, plans: List[_Plan], n: int, clock: _Clock):
+        """Stage 3 (inter-frame folding) of every clip of the videos sharing M at once, from
+        _intra's outputs, and the output assembly: index arithmetic with tensors that depend
+        only on the plans (cached per device), except in threshold mode. Returns per video
+        (tokens [K,D], sizes [K], frame_ids [K], positions [K], dynamic [K])."""
+        m, d = tokens.shape[1:]
+        shape = (m, tuple((tuple(p.clips), None if p.keep is None else tuple(p.keep))
+                          for p in plans))
+        clips = self._cache.get(("clips", shape), tokens, lambda dev: _clip_inputs(plans, dev))
+        c, length = clips.rows.shape
+        rows = clips.rows.flatten()
+        frames = tokens.index_select(0, rows).view(c, length, m, d)
+        frame_sizes = sizes.index_select(0, rows).view(c, length, m)
+        frame_index = index.index_select(0, rows).view(c, length, m)
+        out = clip_aggregate(frames, clips.lengths, frame_sizes,
+                             anchor_weight=self._weights(c, m, frames), eps=self.eps,
+                             lam=self.lam_inter, max_iter=self.max_iter, tol=self.tol,
+                             tau=self.tau, keep=clips.keep, backend=self.backend,
+                             check_values=False)
+        if clips.counts is not None:  # quota mode: every (clip, step) keeps its planned count
+            layout = self._cache.get(("layout", shape), tokens,
+                                     lambda dev: _layout(plans, clips.counts, m, dev))
+        else:  # threshold mode: the counts are data, read with the reduction's one host sync
+            layout = _layout(plans, out.kept.sum(2).tolist(), m, tokens.device)
+        # Kept slots first in each (clip, step) row, in slot order (= position order). Explicit
+        # index_select rather than tensor indexing throughout: the same kernels, and they also
+        # trace on fake CUDA tensors without a GPU (the tests).
+        order = torch.sort((~out.kept).view(c * length, m).to(torch.int8), dim=1,
+                           stable=True).indices
+        source = layout.row_start + order.view(-1).index_select(0, layout.pick)  # [C*L*M] rows
+
+        def assemble(clip_values, frame_values):  # [C,M,...] and [C,L,M,...] -> [sum K,...]
+            rest = frame_values.shape[3:]
+            table = torch.cat([clip_values.reshape(c * m, *rest),
+                               frame_values.reshape(c * length * m, *rest).index_select(0, source)])
+            return table.index_select(0, layout.gather)
+
+        toks = assemble(out.anchors, frames)
+        toks_sizes = assemble(out.sizes, frame_sizes)
+        positions = layout.frame_ids * n + assemble(frame_index[:, 0], frame_index)
+        # Fresh tensors: cached ones are never handed out (a caller could modify them).
+        frame_ids, dynamic = layout.frame_ids.clone(), layout.dynamic.clone()
+        clock.tick("inter_ms")
+        outputs = (toks, toks_sizes, frame_ids, positions, dynamic)
+        return list(zip(*(torch.split(t, layout.tokens) for t in outputs)))

@@ -6,6 +6,9 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import torch
 
 from . import validate
+from .video import IndexCache
+
+_WINDOWS = IndexCache()  # each window's token indices, per grid and device
 
 
 class Anchors(NamedTuple):
@@ -66,7 +69,7 @@ def _top_mask(key: torch.Tensor, count: int) -> torch.Tensor:
 
 def select_anchors(scores: torch.Tensor, local_scores: Optional[torch.Tensor] = None, *,
                    grid: Tuple[int, int], windows: Tuple[int, int] = (2, 2),
-                   num_anchors: int) -> Anchors:
+                   num_anchors: int, check_values: bool = True) -> Anchors:
     """Pick M anchors per frame (SPEC §4).
 
     scores [F,N]: global importance (e.g. mean attention each token receives, last layer);
@@ -74,7 +77,8 @@ def select_anchors(scores: torch.Tensor, local_scores: Optional[torch.Tensor] = 
     h*w = N, raster order; windows (wh, ww): non-overlapping windows (split like
     np.array_split). K_l = floor(M/2) local anchors are spread over the windows (top local
     score inside each), then M - K_l global anchors are the top scores among the rest. Ties go
-    to the lower token index. Batched over frames.
+    to the lower token index. Batched over frames: fixed-size sorts and scatters, so nothing
+    waits for the device. check_values: NaN/inf in the scores (one host sync); False skips it.
     """
     validate.features(scores, "scores", rank=2, what="[F, N]")
     h, w = validate.pair_of_ints(grid, "grid")
@@ -86,27 +90,27 @@ def select_anchors(scores: torch.Tensor, local_scores: Optional[torch.Tensor] = 
         raise ValueError(f"windows {wh}x{ww} do not fit the {h}x{w} grid")
     if validate.integer(num_anchors, "num_anchors", 1) > n:
         raise ValueError(f"num_anchors must be in [1, N={n}], got {num_anchors}")
-    validate.finite(scores, "scores")
-    if local_scores is None:
-        local_scores = scores
-    else:
+    if local_scores is not None:
         validate.features(local_scores, "local_scores", rank=2, what="[F, N]")
         if local_scores.shape != scores.shape:
             raise ValueError(f"local_scores must have the shape of scores {tuple(scores.shape)}, "
                              f"got {tuple(local_scores.shape)}")
         if local_scores.device != scores.device:
             raise ValueError("scores and local_scores are on different devices")
-        validate.finite(local_scores, "local_scores")
+    validate.values([(scores, "scores", "finite"), (local_scores, "local_scores", "finite")],
+                    check_values)
+    if local_scores is None:
+        local_scores = scores
 
     k_local = num_anchors // 2
     members = window_members((h, w), (wh, ww))
     quotas = window_quotas([len(m) for m in members], k_local)
+    indices = _WINDOWS.get((h, w, wh, ww), scores, lambda device: [
+        torch.as_tensor(idx, dtype=torch.long, device=device) for idx in members])
     chosen = torch.zeros(frames, n, dtype=torch.bool, device=scores.device)
-    for idx, quota in zip(members, quotas):  # a few windows; every frame at once
+    for index, quota in zip(indices, quotas):  # a few windows; every frame at once
         if quota:
-            index = torch.tensor(idx, device=scores.device)
-            picked = _top_mask(local_scores[:, index], quota)
-            chosen[:, index] = picked
+            chosen.index_copy_(1, index, _top_mask(local_scores.index_select(1, index), quota))
     rest = torch.where(chosen, float("-inf"), scores.to(torch.float64))
     chosen |= _top_mask(rest, num_anchors - k_local)
     # Anchors first, each group in ascending index order (stable sort of the mask).

@@ -2,16 +2,18 @@
 
 A video is `features [F,N,D]` (F frames of N tokens on an h x w grid, raster order) with scores
 `[F,N]`. Reducers accept one video, a rectangular batch `[B,F,N,D]`, or a list of videos whose F
-differ; they return a ReducedVideo, a batched ReducedVideo, or a list, respectively.
+differ; they return a ReducedVideo, a batched ReducedVideo, or a list, respectively. IndexCache
+keeps the index tensors that depend only on shapes on the device, built once.
 """
 from __future__ import annotations
 
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 from . import validate
 
@@ -112,15 +114,14 @@ def _scores(s, name: str, features: torch.Tensor, where: str) -> Optional[torch.
                          f"got {list(s.shape)}")
     if s.device != features.device:
         raise ValueError(f"{name}{where} is on {s.device} but the features are on {features.device}")
-    validate.finite(s, f"{name}{where}")
     return s
 
 
 def _one(features, scores, local_scores, where: str = "") -> Video:
+    """One video's structure (shapes, dtypes, devices); values are checked in as_videos."""
     validate.features(features, f"features{where}", rank=3, what="[F, N, D]")
     if min(features.shape) == 0:
         raise ValueError(f"features{where} is empty: shape {list(features.shape)}")
-    validate.finite(features, f"features{where}")
     return Video(features, _scores(scores, "scores", features, where),
                  _scores(local_scores, "local_scores", features, where))
 
@@ -129,8 +130,13 @@ def _index(x, b):
     return None if x is None else x[b]
 
 
-def as_videos(features, scores, local_scores) -> Tuple[List[Video], str]:
-    """Validate the input and return (videos, form), form in {"single", "batch", "list"}."""
+def as_videos(features, scores, local_scores, check_values: bool = True
+              ) -> Tuple[List[Video], str]:
+    """Validate the input and return (videos, form), form in {"single", "batch", "list"}.
+
+    Shapes, dtypes and devices are always checked. check_values: NaN/inf in the features and
+    scores too, all in one validate.values call (one host sync for all videos); False reads no
+    values."""
     if isinstance(features, (list, tuple)):
         n = len(features)
         if n == 0:
@@ -168,6 +174,15 @@ def as_videos(features, scores, local_scores) -> Tuple[List[Video], str]:
         if f.dtype != first.dtype or f.device != first.device:
             raise ValueError(f"video {b} is {f.dtype} on {f.device}, video 0 {first.dtype} on "
                              f"{first.device}")
+    if form == "batch":  # the [B, ...] tensors themselves: one reduction each
+        checks = [(features, "features", "finite"), (scores, "scores", "finite"),
+                  (local_scores, "local_scores", "finite")]
+    else:
+        checks = [(t, f"{name}[{b}]" if form == "list" else name, "finite")
+                  for b, v in enumerate(videos)
+                  for t, name in ((v.features, "features"), (v.scores, "scores"),
+                                  (v.local_scores, "local_scores"))]
+    validate.values(checks, check_values)
     return videos, form
 
 
@@ -194,3 +209,37 @@ def received_sizes(mass: torch.Tensor, source_count: torch.Tensor, anchor_total:
     [B] -> sizes [B,M], each row summing to M_b + N_src.
     """
     return 1.0 + mass * (source_count / anchor_total).unsqueeze(1)
+
+
+def _tracing(like: torch.Tensor) -> bool:
+    """True where tensors are not real: under torch.compile, or for fake or meta tensors."""
+    return (torch.compiler.is_compiling() or isinstance(like, FakeTensor)
+            or like.device.type == "meta")
+
+
+class IndexCache:
+    """Index tensors that depend only on shapes, built once per (key, device) and kept there, so
+    a warmed-up call copies nothing from the host (and can be captured in a CUDA graph).
+
+    get(key, like, build) returns build(like.device). Nothing is stored while tracing
+    (torch.compile, fake or meta tensors): those tensors would not be real. Entries are built
+    outside inference mode (usable with and without it) and must not be modified; a full cache
+    (`size` entries) starts over.
+    """
+
+    def __init__(self, size: int = 64):
+        self.size = size
+        self._entries: Dict[Hashable, object] = {}
+
+    def get(self, key: Hashable, like: torch.Tensor, build: Callable[[torch.device], object]):
+        if _tracing(like):
+            return build(like.device)
+        key = (key, like.device)
+        hit = self._entries.get(key)
+        if hit is None:
+            with torch.inference_mode(False):
+                hit = build(like.device)
+            if len(self._entries) >= self.size:
+                self._entries.clear()
+            self._entries[key] = hit
+        return hit

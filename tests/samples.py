@@ -114,6 +114,34 @@ def stack(results, attr):
 ABS = {torch.float64: 1e-9, torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 6e-2}
 
 
+def assert_within_rule(outputs: dict, ref, fields, dtype, sanity: float = 1.0) -> None:
+    """outputs: backend -> result (attributes `fields`). Each field of every backend is within
+    MULT x the "torch" backend's error + ATOL against the reference results `ref`; the torch
+    backend itself within sanity x ABS."""
+    for name in fields:
+        expected = stack(ref, name)
+        baseline = max_err(getattr(outputs["torch"], name), expected)
+        assert baseline <= sanity * ABS[dtype], f"torch backend {name}: {baseline:.3g}"
+        for be, out in outputs.items():
+            value = getattr(out, name)
+            assert value.shape == expected.shape, f"{be} {name}: shape {tuple(value.shape)}"
+            err = max_err(value, expected)
+            assert err <= MULT[dtype] * baseline + ATOL[dtype], f"{be} {name}: {err:.3g} vs {baseline:.3g}"
+
+
+def saved_bytes(fn) -> int:
+    """Bytes autograd saves for backward while fn() runs."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total[0]
+
+
 def max_err(value: torch.Tensor, ref: np.ndarray) -> float:
     """Max abs error relative to max(1, max |ref|), on entries where the reference is finite
     (potentials are -inf on padding); inf if the kernel is not -inf exactly where it is."""

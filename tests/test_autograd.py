@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import aot_kernels as ak
-from samples import SAMPLES, inputs
+from samples import SAMPLES, inputs, saved_bytes
 
 CONVERGED = dict(max_iter=3000, tol=1e-14)
 
@@ -82,18 +82,6 @@ def test_low_precision_gradients_have_input_dtype():
     gx, gy = torch.autograd.grad(r.tokens.float().sum(), (x, y))
     assert gx.dtype == torch.bfloat16 and gy.dtype == torch.bfloat16
     assert torch.isfinite(gx).all() and torch.isfinite(gy).all()
-
-
-def saved_bytes(fn):
-    total = [0]
-
-    def pack(t):
-        total[0] += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total[0]
 
 
 def test_backward_memory_does_not_grow_with_iterations():

@@ -17,7 +17,8 @@ NAMES = tuple(REDUCERS)
 
 
 def build(name: str, **config):
-    """A reducer by name with its configuration (retention, merge, ... see each class).
+    """A reducer by name with its configuration (retention, merge, check_values, ... see each
+    class).
 
     "aot" folds by OT by construction: it accepts merge="ot" (or no merge) only.
     """

@@ -51,6 +51,8 @@ class TokenReducer(ABC):
     averaged into its target, sizes counted) or "ot" (dropped tokens folded into the receivers
     with `aot::sinkhorn_aggregate`, eps / max_iter / lam, SPEC §3). Inputs and output as
     AOTReducer: features [F,N,D] | [B,F,N,D] | list, scores [F,N] (needed by some), grid.
+    check_values: NaN/inf in the features and scores (one host sync); False skips it. The
+    baselines' selections read values (they wait for the device regardless).
     """
     name = "base"
     needs_scores = False
@@ -58,7 +60,8 @@ class TokenReducer(ABC):
 
     def __init__(self, retention: float = 0.10, *, merge: Optional[str] = "default",
                  eps: float = 0.1, lam: float = 1.0, max_iter: int = 100,
-                 backend: str = "auto", grid: Optional[Tuple[int, int]] = None):
+                 backend: str = "auto", grid: Optional[Tuple[int, int]] = None,
+                 check_values: bool = True):
         self.retention = check_retention(retention)
         merge = self.default_merge if merge == "default" else merge
         if merge not in MERGES:
@@ -67,7 +70,7 @@ class TokenReducer(ABC):
         validate.aggregation(lam, None, None, None, 1)
         validate.backend(backend)
         self.merge, self.eps, self.lam, self.max_iter = merge, float(eps), float(lam), int(max_iter)
-        self.backend, self.grid = backend, grid
+        self.backend, self.grid, self.check_values = backend, grid, bool(check_values)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(retention={self.retention}, merge={self.merge!r})"
@@ -77,7 +80,7 @@ class TokenReducer(ABC):
         """The reducer's decision for one video: which tokens stay, which fold where."""
 
     def __call__(self, features, scores=None, local_scores=None, *, grid=None):
-        videos, form = as_videos(features, scores, local_scores)
+        videos, form = as_videos(features, scores, local_scores, self.check_values)
         if self.needs_scores and any(v.scores is None for v in videos):
             raise ValueError(f"the {self.name!r} reducer ranks tokens by scores: pass scores [F, N]")
         n = videos[0].features.shape[1]
@@ -133,7 +136,7 @@ class TokenReducer(ABC):
             s_w[i, :len(g.dropped)] = 1.0
         out = sinkhorn_aggregate(anchors, sources, anchor_weight=a_w, source_weight=s_w,
                                  eps=self.eps, lam=self.lam, max_iter=self.max_iter,
-                                 backend=self.backend)
+                                 backend=self.backend, check_values=False)  # inputs checked
         count = torch.tensor([float(len(g.dropped)) for g in live], dtype=sizes.dtype, device=dev)
         got = received_sizes(out.mass.to(sizes.dtype), count, torch.ones_like(count))
         tokens, sizes = tokens.clone(), sizes.clone()
