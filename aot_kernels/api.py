@@ -1,4 +1,4 @@
-"""Public functions: cosine_cost, sinkhorn, sinkhorn_aggregate (SPEC §1-3, §5)."""
+"""Public functions: cosine_cost, sinkhorn, sinkhorn_aggregate, clip_aggregate (SPEC §1-3, §5)."""
 from __future__ import annotations
 
 import warnings
@@ -113,7 +113,8 @@ def sinkhorn(cost: torch.Tensor, anchor_weight: Optional[torch.Tensor] = None,
     max_iter iterations). The plan is T = exp((f + g - C)/eps), formed only if return_plan.
     Differentiable w.r.t. cost (implicitly, at the fixed point, on the compiled backend).
     check_values: NaN/inf and negative-weight checks (one host sync); False skips them, shapes
-    and types are always checked.
+    and types are always checked (the C++ CPU kernels also check values themselves, which
+    costs no sync on a CPU).
     """
     validate.cost(cost, check_values=False)
     b, m, n = cost.shape
@@ -157,10 +158,12 @@ def sinkhorn_aggregate(anchors: torch.Tensor, sources: torch.Tensor, *,
     validate.weight(anchor_weight, "anchor_weight", b, m, anchors.device, check_values=False)
     validate.weight(source_weight, "source_weight", b, n, anchors.device, check_values=False)
     validate.solver(eps, max_iter, tol)
-    validate.values([(anchors, "anchors", "finite"), (sources, "sources", "finite"),
-                     (anchor_weight, "anchor_weight", "weight"),
-                     (source_weight, "source_weight", "weight")], check_values)
-    validate.aggregation(lam, tau, keep, source_weight, n, check_values)
+    validate.aggregation(lam, tau, keep, n)
+    checks = [(anchors, "anchors", "finite"), (sources, "sources", "finite"),
+              (anchor_weight, "anchor_weight", "weight"), (source_weight, "source_weight", "weight")]
+    if keep:
+        checks.append((source_weight, "source_weight", ("keep", keep)))
+    validate.values(checks, check_values)
     args = (anchors, sources, anchor_weight, source_weight, float(eps), float(lam),
             int(max_iter), float(tol), None if tau is None else float(tau),
             None if keep is None else int(keep))
@@ -255,7 +258,8 @@ def clip_aggregate(frames: torch.Tensor, lengths=None, sizes: Optional[torch.Ten
     """Inter-frame aggregation of whole clips (SPEC §5): all clips at once, frames in order.
 
     frames [C,L,M,D]: each clip's intra-frame tokens, frame 0 being its anchors; clip c uses its
-    first lengths[c] frames (lengths: [C] ints, default all L; the rest is padding, never read).
+    first lengths[c] frames (lengths: [C] ints, default all L). The rest is padding: it never
+    reaches a result, but check_values=True checks it for NaN/inf too (False accepts anything).
     sizes [C,L,M]: original tokens each token stands for (default 1). anchor_weight [C,M]:
     anchor marginals (default uniform probabilities); each frame's M tokens share the same
     total uniformly. At step l the anchors absorb frame l: tokens with confidence below `tau`,
@@ -268,12 +272,13 @@ def clip_aggregate(frames: torch.Tensor, lengths=None, sizes: Optional[torch.Ten
     in batched torch ops. Differentiable w.r.t. frames (anchors, sizes, confidence, f, g),
     implicitly at each step's fixed point: memory does not grow with max_iter.
     check_values as in `sinkhorn` (also the range of tensor lengths/keep; Python lists are
-    checked on the host for free).
+    checked on the host for free). Gradients w.r.t. sizes too; not w.r.t. anchor_weight on the
+    compiled backends (a clear error in backward).
     """
     lengths, sizes, keep = _clip_inputs(frames, lengths, sizes, anchor_weight, keep, tau,
                                         check_values)
     validate.solver(eps, max_iter, tol)
-    validate.aggregation(lam, tau, None, None, 1)
+    validate.aggregation(lam, tau, None, 1)
     chosen = _resolve(backend, frames.device)
     args = (frames, lengths, sizes, anchor_weight, float(eps), float(lam), int(max_iter),
             float(tol), None if tau is None else float(tau), keep)

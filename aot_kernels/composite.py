@@ -173,7 +173,8 @@ def clip_aggregate(frames, lengths, sizes, anchor_weight, eps, lam, max_iter, to
     acc = torch.promote_types(cd, sizes.dtype)  # sizes are carried in at least their dtype
     x = frames.to(cd)
     a, s = marginals(anchor_weight, None, c, m, m, cd, dev)
-    anchors, anchor_sizes = x[:, 0], sizes[:, 0].to(acc)
+    # Copies: with L = 1 no step runs, and outputs must not alias the inputs (op contract).
+    anchors, anchor_sizes = x[:, 0].clone(), sizes[:, 0].to(acc).clone()
     zero = torch.zeros(c, m, dtype=cd, device=dev)
     kept = [torch.zeros(c, m, dtype=torch.bool, device=dev)]
     confidence, f_all, g_all = [zero], [zero], [zero]
@@ -182,7 +183,9 @@ def clip_aggregate(frames, lengths, sizes, anchor_weight, eps, lam, max_iter, to
     for step in range(1, length):
         live = (step < lengths).view(c, 1)
         y = torch.where(live.unsqueeze(2), x[:, step], anchors)
-        cost = cosine_cost(anchors, y)
+        # A finished clip solves a zero cost (plan a_j s_i, far from underflow): its masked
+        # results stay finite, and so do their gradients (a 0 * inf here would be NaN there).
+        cost = torch.where(live.unsqueeze(2), cosine_cost(anchors, y), 0.0)
         if replay is None:
             f, g, it, err = sinkhorn(cost, a, s, eps, max_iter, tol)
         else:

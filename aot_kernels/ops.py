@@ -25,6 +25,15 @@ def _cd(t: torch.Tensor) -> torch.dtype:
     return composite.compute_dtype(t.dtype)
 
 
+def _no_weight_grad(ctx, index: int, op: str) -> None:
+    """The compiled ops differentiate w.r.t. features (and sizes), not marginals: say so rather
+    than return a silent None."""
+    needs = ctx.needs_input_grad  # covers the arguments given (defaults left out)
+    if index < len(needs) and needs[index]:
+        raise RuntimeError(f"{op}: the compiled backends do not differentiate w.r.t. the "
+                           "marginal weights; detach them, or use backend='torch' (unrolled)")
+
+
 # ---- cosine_cost -----------------------------------------------------------------------------
 
 def _cosine_cost_fake(x, y):
@@ -61,6 +70,8 @@ def _sinkhorn_setup(ctx, inputs, output):
 
 
 def _sinkhorn_backward(ctx, grad_f, grad_g, _grad_iterations, _grad_error):
+    _no_weight_grad(ctx, 1, "sinkhorn")
+    _no_weight_grad(ctx, 2, "sinkhorn")
     cost, f, g = ctx.saved_tensors
     cd = _cd(cost)
     grad_f = None if grad_f is None else grad_f.to(cd)
@@ -94,6 +105,8 @@ def _aggregate_backward(ctx, g_tokens, g_mass, g_confidence, _g_kept, g_distance
                         g_f, g_g, _g_error):
     """Recompute the differentiable tail (cost, plan, aggregation) with autograd from the saved
     potentials; the Sinkhorn fixed point is differentiated implicitly (implicit_grad.py)."""
+    _no_weight_grad(ctx, 2, "sinkhorn_aggregate")
+    _no_weight_grad(ctx, 3, "sinkhorn_aggregate")
     anchors, sources, f, g, kept = ctx.saved_tensors
     cd = _cd(anchors)
     with torch.enable_grad():
@@ -140,7 +153,8 @@ def _clip_setup(ctx, inputs, output):
 def _clip_backward(ctx, g_anchors, g_sizes, _g_kept, g_confidence, g_f, g_g, _g_iter, _g_error):
     """Replay the scan from the saved potentials and dynamic tokens with autograd (no Sinkhorn
     iterations), each step's fixed point differentiated implicitly: memory O(L C M^2), not
-    O(max_iter)."""
+    O(max_iter). Gradients w.r.t. frames and sizes."""
+    _no_weight_grad(ctx, 3, "clip_aggregate")
     frames, lengths, sizes, f, g, kept = ctx.saved_tensors
     cd = _cd(frames)
     f, g = f.to(cd), g.to(cd)
@@ -150,15 +164,18 @@ def _clip_backward(ctx, g_anchors, g_sizes, _g_kept, g_confidence, g_f, g_g, _g_
 
     with torch.enable_grad():
         x = frames.detach().to(cd).requires_grad_()
-        out = composite.clip_aggregate(x, lengths, sizes, ctx.anchor_weight, ctx.eps, ctx.lam,
+        z = sizes.detach().requires_grad_()
+        out = composite.clip_aggregate(x, lengths, z, ctx.anchor_weight, ctx.eps, ctx.lam,
                                        1, 0.0, replay=(potentials, kept))
         pairs = [(out[0], g_anchors), (out[1], g_sizes), (out[3], g_confidence), (out[4], g_f),
                  (out[5], g_g)]
-        outs = [o for o, go in pairs if go is not None and o.requires_grad]
-        grads = [go.to(o.dtype) for o, go in pairs if go is not None and o.requires_grad]
-        gx = torch.autograd.grad(outs, x, grads, allow_unused=True)[0] if outs else None
+        pairs = [(o, go) for o, go in pairs if go is not None and o.requires_grad]  # L = 1: none
+        gx, gz = torch.autograd.grad([o for o, _ in pairs], (x, z),
+                                     [go.to(o.dtype) for o, go in pairs],
+                                     allow_unused=True) if pairs else (None, None)
     gx = torch.zeros_like(frames) if gx is None else gx.to(frames.dtype)
-    return (gx,) + (None,) * 9
+    gz = torch.zeros_like(sizes) if gz is None else gz.to(sizes.dtype)
+    return (gx, None, gz) + (None,) * 7
 
 
 if HAS_EXTENSION:

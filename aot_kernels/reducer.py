@@ -97,11 +97,13 @@ class _Clips(NamedTuple):
     video), from their plans only. C clips (every video's, in order), L the longest.
     rows [C,L] int64: each (clip, step)'s frame (steps past a clip's end repeat its first
     frame: padding, never read). lengths [C] int64. keep [C,L] int64 (quota mode) or None.
-    counts [C][L]: keep on the host (quota mode) or None."""
+    counts [C][L]: keep on the host (quota mode) or None. in_place: rows is 0, 1, ..., C*L-1
+    (equal clips covering every frame), so the frames are a view, not a gather."""
     rows: torch.Tensor
     lengths: torch.Tensor
     keep: Optional[torch.Tensor]
     counts: Optional[List[List[int]]]
+    in_place: bool
 
 
 class _Layout(NamedTuple):
@@ -139,10 +141,12 @@ def _clip_inputs(plans: Sequence[_Plan], device) -> _Clips:
     longest = max(lengths)
     rows = [[start + (step if step < count else 0) for step in range(longest)]
             for start, count in zip(starts, lengths)]
+    in_place = [r for row in rows for r in row] == list(range(len(rows) * longest))
     if plans[0].keep is None:
-        return _Clips(_long(rows, device), _long(lengths, device), None, None)
+        return _Clips(_long(rows, device), _long(lengths, device), None, None, in_place)
     counts = [q + [0] * (longest - len(q)) for q in counts]
-    return _Clips(_long(rows, device), _long(lengths, device), _long(counts, device), counts)
+    return _Clips(_long(rows, device), _long(lengths, device), _long(counts, device), counts,
+                  in_place)
 
 
 def _layout(plans: Sequence[_Plan], counts: List[List[int]], m: int, device) -> _Layout:
@@ -245,8 +249,8 @@ class AOTReducer:
         if marginals not in MARGINALS:
             raise ValueError(f"marginals must be one of {MARGINALS}, got {marginals!r}")
         validate.solver(eps, max_iter, tol)
-        validate.aggregation(lam_intra, None, None, None, 1)
-        validate.aggregation(lam_inter, tau, None, None, 1)
+        validate.aggregation(lam_intra, None, None, 1)
+        validate.aggregation(lam_inter, tau, None, 1)
         validate.backend(backend)
         self.num_clips = validate.integer(num_clips, "num_clips", 1)
         self.seg_threshold = validate._real(seg_threshold, "seg_threshold")
@@ -408,9 +412,10 @@ class AOTReducer:
         clips = self._cache.get(("clips", shape), tokens, lambda dev: _clip_inputs(plans, dev))
         c, length = clips.rows.shape
         rows = clips.rows.flatten()
-        frames = tokens.index_select(0, rows).view(c, length, m, d)
-        frame_sizes = sizes.index_select(0, rows).view(c, length, m)
-        frame_index = index.index_select(0, rows).view(c, length, m)
+        take = (lambda t: t) if clips.in_place else (lambda t: t.index_select(0, rows))  # noqa: E731
+        frames = take(tokens).view(c, length, m, d)
+        frame_sizes = take(sizes).view(c, length, m)
+        frame_index = take(index).view(c, length, m)
         out = clip_aggregate(frames, clips.lengths, frame_sizes,
                              anchor_weight=self._weights(c, m, frames), eps=self.eps,
                              lam=self.lam_inter, max_iter=self.max_iter, tol=self.tol,

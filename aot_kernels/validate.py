@@ -43,9 +43,10 @@ def values(checks, enabled: bool = True) -> None:
     """Data checks of several tensors with one host synchronisation.
 
     checks: (tensor or None, name, kind) with kind "finite" (no NaN/inf), "weight" (finite,
-    >= 0, and some positive entry in every row of the last dim) or ("range", low, high)
-    (integers in [low, high]). Each tensor costs one small
-    reduction; all flags come back in one transfer, so on CUDA the whole call is one sync.
+    >= 0, and some positive entry in every row of the last dim), ("range", low, high)
+    (integers in [low, high]) or ("keep", k) (a weight with >= k positive entries per row).
+    Each check is a reduction or two; all flags come back in one transfer, so on CUDA the
+    whole call is one sync.
     enabled=False (the API's check_values=False) skips it: nothing is read. Skipped while
     tracing and on meta tensors, where values cannot be read.
     """
@@ -56,6 +57,10 @@ def values(checks, enabled: bool = True) -> None:
         if t is None or not t.numel() or _no_data(t):
             continue
         # min/max propagate NaN and see +-inf: one pass, no [numel] bool tensor (10x cheaper).
+        if isinstance(kind, tuple) and kind[0] == "keep":
+            flags.append((t > 0).sum(-1).min() < kind[1])
+            labels.append((f"has fewer than keep={kind[1]} non-padded entries in some problem", name))
+            continue
         low, high = torch.aminmax(t)
         if isinstance(kind, tuple):  # ("range", lo, hi)
             flags.append((low < kind[1]) | (high > kind[2]))
@@ -147,23 +152,17 @@ def solver(eps, max_iter, tol) -> None:
         raise ValueError(f"tol must be >= 0, got {tol}")
 
 
-def aggregation(lam, tau, keep, source_weight, n: int, check_values: bool = True) -> None:
-    """lam >= 0; at most one of tau (in [0, 1]) and keep (0..N, and, with check_values, no more
-    than the non-padded sources of any problem: one host sync)."""
+def aggregation(lam, tau, keep, n: int) -> None:
+    """lam >= 0; at most one of tau (in [0, 1]) and keep (0..N). That keep fits the non-padded
+    sources of every problem is a value check: kind ("keep", k) of `values`."""
     if _real(lam, "lam") < 0:
         raise ValueError(f"lam must be >= 0, got {lam}")
     if tau is not None and keep is not None:
         raise ValueError("give tau (threshold mode) or keep (keep-count mode), not both")
     if tau is not None and not 0.0 <= _real(tau, "tau") <= 1.0:
         raise ValueError(f"tau must be in [0, 1], got {tau}")
-    if keep is None:
-        return
-    if integer(keep, "keep", 0) > n:
+    if keep is not None and integer(keep, "keep", 0) > n:
         raise ValueError(f"keep must be in [0, N={n}], got {keep}")
-    if check_values and source_weight is not None and not _no_data(source_weight):
-        fewest = int((source_weight > 0).sum(1).min())
-        if keep > fewest:
-            raise ValueError(f"keep={keep} exceeds the {fewest} non-padded sources of a problem")
 
 
 def backend(name) -> None:

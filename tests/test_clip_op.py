@@ -44,15 +44,27 @@ def test_clip_aggregate_matches_reference(sample, dtype):
             assert (o.iterations[live] == sample.max_iter).all()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("sample", CLIP_SAMPLES, ids=lambda s: s.name)
-def test_sizes_are_conserved(sample):
+def test_sizes_are_conserved(sample, backend):
     """Every merged token's size goes to the anchors (p_ij sums to 1 over j): anchors' sizes +
     dynamic tokens' sizes = all sizes the clip read."""
     frames, lengths, sizes, kw = clip_inputs(sample)
-    out = ak.clip_aggregate(frames, lengths, sizes, backend="cpp", **kw)
+    out = ak.clip_aggregate(frames, lengths, sizes, backend=backend, **kw)
     frame_used = torch.arange(sample.L) < lengths.view(-1, 1)
     total = (sizes * frame_used.unsqueeze(2)).sum((1, 2))
     torch.testing.assert_close(out.sizes.sum(1) + (sizes * out.kept).sum((1, 2)), total)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_outputs_never_alias_the_inputs(backend):
+    """One frame per clip: nothing runs, yet the outputs are fresh tensors (op contract)."""
+    frames, sizes = torch.randn(2, 1, 3, 4, dtype=torch.float64), torch.ones(2, 1, 3, dtype=torch.float64)
+    out = ak.clip_aggregate(frames, None, sizes, backend=backend)
+    assert torch.equal(out.anchors, frames[:, 0]) and torch.equal(out.sizes, sizes[:, 0])
+    out.anchors.zero_()
+    out.sizes.zero_()
+    assert frames.abs().sum() > 0 and (sizes == 1).all()
 
 
 # Square problems at eps = 0.01 have near-permutation plans whose implicit-gradient system is
@@ -150,6 +162,34 @@ def test_backward_memory_does_not_grow_with_iterations():
 
     assert saved(10) == saved(1000)
     assert saved(1000) <= 4 * x.numel() * x.element_size()
+
+
+def test_sizes_gradient_matches_unrolled_and_weights_are_refused():
+    frames, lengths, sizes, kw = clip_inputs(CLIP_SAMPLES[2])
+    kw = dict(kw, **CONVERGED, eps=0.5)
+    grads = {}
+    for be in BACKENDS:
+        z = sizes.clone().requires_grad_()
+        out = ak.clip_aggregate(frames, lengths, z, backend=be, **kw)
+        grads[be] = torch.autograd.grad((out.sizes * torch.arange(1.0, 8.0)).sum(), z)[0]
+    torch.testing.assert_close(grads["cpp"], grads["torch"], rtol=1e-9, atol=1e-12)
+    weight = kw.pop("anchor_weight").clone().requires_grad_()
+    out = ak.clip_aggregate(frames, lengths, sizes, anchor_weight=weight, backend="cpp", **kw)
+    with pytest.raises(RuntimeError, match="do not differentiate w.r.t. the marginal weights"):
+        out.anchors.sum().backward()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_finished_clips_leave_no_nan_in_gradients(backend):
+    """A clip past its length, with zero-vector tokens and a small eps, solves nothing that
+    matters; its masked step must not turn the gradient into NaN."""
+    frames = torch.randn(2, 3, 5, 6)
+    frames[1] = 0.0
+    x = frames.requires_grad_()
+    out = ak.clip_aggregate(x, [3, 2], eps=0.01, backend=backend)
+    grad = torch.autograd.grad(out.anchors.sum() + out.sizes.sum(), x)[0]
+    assert torch.isfinite(grad).all()
+    assert (grad[1, 2] == 0).all()  # the padding frame gets no gradient
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

@@ -124,7 +124,7 @@ def test_clip_aggregate_bad_inputs_are_named():
         (dict(lengths=[1.0, 2.0]), TypeError, "lengths"),
         (dict(lengths=torch.tensor([0, 2])), ValueError, "lengths must be in"),
         (dict(lengths=torch.tensor([1.0, 2.0])), TypeError, "lengths"),
-        (dict(sizes=torch.ones(2, 3, 4).log() - 1 / torch.zeros(1)), ValueError, "sizes"),
+        (dict(sizes=torch.full((2, 3, 4), float("-inf"))), ValueError, "sizes contains NaN or inf"),
         (dict(sizes=torch.ones(2, 3, 5)), ValueError, "sizes"),
         (dict(keep=[[0, 1, 1]]), ValueError, "keep"),
         (dict(keep=[[0, 1, 5], [0, 0, 0]]), ValueError, "keep must be in"),
@@ -181,3 +181,41 @@ def test_check_values_false_reads_no_values():
         ak.clip_aggregate(frames, keep=torch.full((2, 3), 9))
     with pytest.raises(ValueError, match="keep must have shape"):
         ak.clip_aggregate(frames, keep=torch.zeros(3, 3, dtype=torch.long), check_values=False)
+
+
+class _HostReads(torch.overrides.TorchFunctionMode):
+    """Counts the ways Python reads a tensor's values (each one a host sync on CUDA)."""
+    READS = {torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__int__,
+             torch.Tensor.__float__, torch.Tensor.__index__}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += func in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+def test_value_checks_are_one_host_read_per_call():
+    x, y = torch.randn(3, 4, 6), torch.randn(3, 5, 6)
+    w = torch.ones(3, 5)
+    w[:, -1] = 0
+    frames = torch.randn(2, 3, 4, 6)
+    calls = {
+        "sinkhorn_aggregate": lambda cv: ak.sinkhorn_aggregate(
+            x, y, anchor_weight=torch.ones(3, 4), source_weight=w, keep=2, backend="torch",
+            check_values=cv),
+        "sinkhorn": lambda cv: ak.sinkhorn(torch.rand(3, 4, 5), source_weight=w, backend="torch",
+                                           check_values=cv),
+        "clip_aggregate": lambda cv: ak.clip_aggregate(
+            frames, torch.tensor([3, 2]), keep=torch.ones(2, 3, dtype=torch.long),
+            anchor_weight=torch.ones(2, 4), backend="torch", check_values=cv),
+    }
+    for name, call in calls.items():
+        for check_values, reads in ((True, 1), (False, 0)):
+            with _HostReads() as mode:
+                call(check_values)
+            assert mode.count == reads, (name, check_values, mode.count)
+    with pytest.raises(ValueError, match="source_weight has fewer than keep=5 non-padded"):
+        ak.sinkhorn_aggregate(x, y, source_weight=w, keep=5)

@@ -1,6 +1,7 @@
 """Triton Sinkhorn (SPEC §2) and cost + Sinkhorn + aggregation (SPEC §3, §5 step).
 
-One contract (the outputs of torch.ops.aot.sinkhorn / sinkhorn_aggregate), four small kernels:
+One contract (the outputs of torch.ops.aot.sinkhorn / sinkhorn_aggregate / clip_aggregate), four
+small kernels (clip_aggregate runs them once per clip step, batched over the clips):
 
   cost    `cosine_cost` (cost_kernels.py): C [B,M,N] into an fp32 workspace, a grid over
           (problem, 64 x 64 tile), so the GEMM uses every SM; tensor cores for fp16/bf16.

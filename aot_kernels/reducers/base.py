@@ -67,7 +67,7 @@ class TokenReducer(ABC):
         if merge not in MERGES:
             raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
         validate.solver(eps, max_iter, 0.0)
-        validate.aggregation(lam, None, None, None, 1)
+        validate.aggregation(lam, None, None, 1)
         validate.backend(backend)
         self.merge, self.eps, self.lam, self.max_iter = merge, float(eps), float(lam), int(max_iter)
         self.backend, self.grid, self.check_values = backend, grid, bool(check_values)
