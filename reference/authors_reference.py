@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from reference.ot_reference import cosine_cost
+from reference.ot_reference import cosine_cost, sinkhorn, sinkhorn_aggregate
 from reference.selection_reference import top, windows_of
 
 SPATIAL_WEIGHT = 0.5  # §8.4: weight of the grid distance in the intra-frame cost
@@ -51,11 +51,6 @@ def positions(grid: Tuple[int, int]) -> np.ndarray:
                      for r in range(h) for c in range(w)])
 
 
-def _lse(v: np.ndarray) -> float:
-    top_ = v.max()
-    return float(top_ + np.log(np.sum(np.exp(v - top_))))
-
-
 @dataclass
 class Solved:
     plan: np.ndarray  # [M, N], rows anchors
@@ -65,25 +60,10 @@ class Solved:
 
 
 def sinkhorn_scaling_stop(cost, eps: float, max_iter: int = 100, tol: float = STOP_TOL) -> Solved:
-    """Uniform probability marginals on anchors (rows) and sources (columns), log domain. Each
-    iteration updates the sources first, then the anchors, from f = g = 0 (scalings 1); it stops
-    once mean_i |r_i - r_i_prev| < tol, r_i = exp(g_i / eps) the source scaling vector."""
-    cost = np.asarray(cost, dtype=np.float64)
-    m, n = cost.shape
-    f, g = np.zeros(m), np.zeros(n)
-    iterations = 0
-    for _ in range(max_iter):
-        iterations += 1
-        g_new = np.array([eps * math.log(1.0 / n) - eps * _lse((f - cost[:, i]) / eps)
-                          for i in range(n)])
-        f = np.array([eps * math.log(1.0 / m) - eps * _lse((g_new - cost[j, :]) / eps)
-                      for j in range(m)])
-        change = float(np.mean(np.abs(np.exp(g_new / eps) - np.exp(g / eps))))
-        g = g_new
-        if change < tol:
-            break
-    plan = np.exp((f[:, None] + g[None, :] - cost) / eps)
-    return Solved(plan, f, g, iterations)
+    """§8.4's Sinkhorn: uniform probability marginals, sources updated first, stop once the
+    source scaling vector changes by less than tol on average (ot_reference, stop="scaling")."""
+    r = sinkhorn(cost, eps=eps, max_iter=max_iter, tol=tol, stop="scaling")
+    return Solved(r.plan, r.f, r.g, r.iterations)
 
 
 # ---- §8.4-8.5 intra-frame step ------------------------------------------------------------------
@@ -92,20 +72,10 @@ def intra_frame(x, y, anchor_pos, source_pos, eps=0.1, max_iter=100, spatial=SPA
                 nn_blend=NN_BLEND):
     """Anchors x [M, D] absorb sources y [N, D]; positions [M, 2], [N, 2]. Returns the updated
     anchors [M, D] = (1 - nn_blend) x_OT + nn_blend x_NN and the Solved problem."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    m, n = x.shape[0], y.shape[0]
-    semantic = cosine_cost(x, y)
-    cost = semantic.copy()
-    for j in range(m):
-        for i in range(n):
-            cost[j, i] += spatial * float(np.linalg.norm(anchor_pos[j] - source_pos[i]))
-    solved = sinkhorn_scaling_stop(cost, eps, max_iter)
-    t = solved.plan
-    x_ot = np.array([(x[j] + t[j] @ y) / (1.0 + t[j].sum()) for j in range(m)])
-    nearest = [int(np.argmax(1.0 - semantic[:, i])) for i in range(n)]  # argmax: first of ties
-    x_nn = np.array([(x[j] + sum((y[i] for i in range(n) if nearest[i] == j), np.zeros(x.shape[1])))
-                     / (1.0 + sum(1 for i in range(n) if nearest[i] == j)) for j in range(m)])
-    return (1.0 - nn_blend) * x_ot + nn_blend * x_nn, solved
+    r = sinkhorn_aggregate(x, y, eps=eps, max_iter=max_iter, tol=STOP_TOL, anchor_pos=anchor_pos,
+                           source_pos=source_pos, spatial=spatial, stop="scaling",
+                           nn_blend=nn_blend)
+    return r.tokens, Solved(r.plan, r.f, r.g, r.iterations)
 
 
 # ---- §8.6 pooling -------------------------------------------------------------------------------

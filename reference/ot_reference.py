@@ -73,25 +73,55 @@ class SinkhornResult:
     plan: np.ndarray
 
 
-def sinkhorn(cost, anchor_weight=None, source_weight=None, eps=0.1, max_iter=100, tol=0.0):
-    """Log-domain Sinkhorn for one problem, exactly as SPEC §2 (start g = 0, f then g)."""
+STOPS = ("marginal", "scaling")
+
+
+def scaling_change(g_new, g_old, eps) -> float:
+    """mean_i |r_i - r_i_prev| over real sources, r = exp(g / eps): SPEC §8.4's stopping test."""
+    live = np.isfinite(g_old)
+    return float(np.mean(np.abs(np.exp(g_new[live] / eps) - np.exp(g_old[live] / eps))))
+
+
+def sinkhorn(cost, anchor_weight=None, source_weight=None, eps=0.1, max_iter=100, tol=0.0,
+             stop="marginal"):
+    """Log-domain Sinkhorn for one problem. stop="marginal" is SPEC §2 exactly: start g = 0,
+    f then g, stop once the L1 row error < tol (`error`). stop="scaling" is SPEC §8.4: g (the
+    sources) then f, stop once scaling_change < tol (`error` is the last change)."""
+    if stop not in STOPS:
+        raise ValueError(f"stop must be one of {STOPS}")
     cost = np.asarray(cost, dtype=np.float64)
     m, n = cost.shape
     a, s = marginals(anchor_weight, source_weight, m, n)
     log_a, log_s = _log(a), _log(s)
-    f = np.zeros(m)
+    f = np.where(a > 0, 0.0, -np.inf)
     g = np.where(s > 0, 0.0, -np.inf)  # g = 0 on real sources; padding never contributes
-    iterations = 0
-    for _ in range(max_iter):
+    iterations, change = 0, np.inf
+
+    def f_step():
         for j in range(m):
             f[j] = -np.inf if a[j] == 0 else eps * log_a[j] - eps * _lse((g - cost[j, :]) / eps)
+
+    def g_step():
         for i in range(n):
             g[i] = -np.inf if s[i] == 0 else eps * log_s[i] - eps * _lse((f - cost[:, i]) / eps)
+
+    for _ in range(max_iter):
         iterations += 1
-        if row_error(plan_from_potentials(cost, f, g, eps), a) < tol:
-            break
+        if stop == "marginal":
+            f_step()
+            g_step()
+            if row_error(plan_from_potentials(cost, f, g, eps), a) < tol:
+                break
+        else:
+            g_old = g.copy()
+            g_step()
+            f_step()
+            change = scaling_change(g, g_old, eps)
+            if change < tol:
+                break
     plan = plan_from_potentials(cost, f, g, eps)
-    return SinkhornResult(f, g, iterations, row_error(plan, a), plan)
+    return SinkhornResult(f, g, iterations, row_error(plan, a) if stop == "marginal" else change,
+                          plan)
 
 
 @dataclass
@@ -107,8 +137,20 @@ class AggregateResult:
     g: np.ndarray
 
 
+def spatial_cost(anchor_pos, source_pos, weight: float) -> np.ndarray:
+    """weight * |p_j - p_i|_2 [M, N] for positions [M, P] and [N, P] (SPEC §8.4)."""
+    pa, ps = np.asarray(anchor_pos, np.float64), np.asarray(source_pos, np.float64)
+    out = np.empty((pa.shape[0], ps.shape[0]))
+    for j in range(pa.shape[0]):
+        for i in range(ps.shape[0]):
+            out[j, i] = weight * float(np.sqrt(np.sum((pa[j] - ps[i]) ** 2)))
+    return out
+
+
 def sinkhorn_aggregate(anchors, sources, anchor_weight=None, source_weight=None, eps=0.1,
-                       lam=1.0, max_iter=100, tol=0.0, tau=None, keep=None) -> AggregateResult:
+                       lam=1.0, max_iter=100, tol=0.0, tau=None, keep=None, anchor_pos=None,
+                       source_pos=None, spatial=0.0, stop="marginal",
+                       nn_blend=0.0) -> AggregateResult:
     """Cost + Sinkhorn + aggregation for one (anchors [M,D], sources [N,D]) problem.
 
     Intra mode (SPEC §3, Eq. 11) when tau and keep are None:
@@ -116,16 +158,21 @@ def sinkhorn_aggregate(anchors, sources, anchor_weight=None, source_weight=None,
     Inter mode (SPEC §5, Eq. 13-16) with a threshold tau or a keep count:
         p_ij = T_ji / sum_j' T_j'i, q_i = max_j p_ij; dynamic sources (q_i < tau, or the `keep`
         lowest q, ties to the lower index) are kept; the stable ones are merged with weights p.
+    SPEC §8 options: the cost gains spatial * |p_j - p_i| (positions [M,P], [N,P]); `stop` as in
+    `sinkhorn`; nn_blend (intra mode) returns (1 - nn_blend) x~_j + nn_blend x_NN_j with
+    x_NN_j = (x_j + sum_{nn(i)=j} y_i) / (1 + #{i: nn(i)=j}), nn(i) = the real anchor of highest
+    cosine to the real source i (ties to the lower index).
     """
     x = np.asarray(anchors, dtype=np.float64)
     y = np.asarray(sources, dtype=np.float64)
     m, n = x.shape[0], y.shape[0]
     if tau is not None and keep is not None:
         raise ValueError("give tau or keep, not both")
-    cost = cosine_cost(x, y)
-    sk = sinkhorn(cost, anchor_weight, source_weight, eps, max_iter, tol)
+    semantic = cosine_cost(x, y)
+    cost = semantic if spatial == 0 else semantic + spatial_cost(anchor_pos, source_pos, spatial)
+    sk = sinkhorn(cost, anchor_weight, source_weight, eps, max_iter, tol, stop)
     plan = sk.plan
-    _, s = marginals(anchor_weight, source_weight, m, n)
+    a, s = marginals(anchor_weight, source_weight, m, n)
     valid = s > 0
 
     column = plan.sum(axis=0)
@@ -148,6 +195,8 @@ def sinkhorn_aggregate(anchors, sources, anchor_weight=None, source_weight=None,
             kept[i] = True
 
     inter = tau is not None or keep is not None
+    if inter and nn_blend:
+        raise ValueError("nn_blend applies to intra mode")
     weight = np.zeros((m, n))
     for j in range(m):
         for i in range(n):
@@ -159,6 +208,13 @@ def sinkhorn_aggregate(anchors, sources, anchor_weight=None, source_weight=None,
     tokens = np.empty_like(x)
     for j in range(m):
         tokens[j] = (x[j] + lam * (weight[j] @ y)) / (1.0 + lam * mass[j])
+    if nn_blend:
+        live_anchors = [j for j in range(m) if a[j] > 0]
+        nearest = [min(live_anchors, key=lambda j: (semantic[j, i], j)) for i in range(n)]
+        for j in range(m):
+            members = [i for i in range(n) if valid[i] and nearest[i] == j]
+            x_nn = (x[j] + sum((y[i] for i in members), np.zeros(x.shape[1]))) / (1.0 + len(members))
+            tokens[j] = (1.0 - nn_blend) * tokens[j] + nn_blend * x_nn
     distance = float(np.sum(plan * cost))
     return AggregateResult(tokens, mass, confidence, kept, distance, sk.iterations, plan, sk.f, sk.g)
 
@@ -178,43 +234,8 @@ def batched_sinkhorn(cost, anchor_weight=None, source_weight=None, **kw):
             for b in range(len(cost))]
 
 
-def batched_sinkhorn_aggregate(anchors, sources, anchor_weight=None, source_weight=None, **kw):
+def batched_sinkhorn_aggregate(anchors, sources, anchor_weight=None, source_weight=None,
+                               anchor_pos=None, source_pos=None, **kw):
     return [sinkhorn_aggregate(anchors[b], sources[b], _row(anchor_weight, b),
-                               _row(source_weight, b), **kw) for b in range(len(anchors))]
-
-
-@dataclass
-class ClipResult:
-    anchors: np.ndarray  # [M, D] the clip's anchors after absorbing its frames
-    sizes: np.ndarray  # [M] original tokens each anchor stands for
-    kept: np.ndarray  # [L, M] bool, dynamic tokens per frame (row 0 and padding rows False)
-    confidence: np.ndarray  # [L, M]
-    f: np.ndarray  # [L, M] potentials of step l (row 0 and padding rows 0)
-    g: np.ndarray  # [L, M]
-
-
-def clip_aggregate(frames, length=None, sizes=None, anchor_weight=None, eps=0.1, lam=1.0,
-                   max_iter=100, tol=0.0, tau=None, keep=None) -> ClipResult:
-    """Inter-frame aggregation of one clip (SPEC §5): frames [L, M, D], frame 0 the anchors, only
-    the first `length` frames used. At step l the anchors absorb frame l (inter mode with `tau`,
-    or keep[l] dynamic tokens; neither: every token merged), and each anchor's size grows by
-    sum_i p_ij sizes[l, i] over the merged tokens i."""
-    x = np.asarray(frames, dtype=np.float64)
-    steps, m = x.shape[0], x.shape[1]
-    length = steps if length is None else int(length)
-    size = np.ones((steps, m)) if sizes is None else np.asarray(sizes, dtype=np.float64)
-    anchors, anchor_sizes = x[0].copy(), size[0].copy()
-    kept, confidence = np.zeros((steps, m), dtype=bool), np.zeros((steps, m))
-    f, g = np.zeros((steps, m)), np.zeros((steps, m))
-    for step in range(1, length):
-        count = None if tau is not None else (0 if keep is None else int(keep[step]))
-        r = sinkhorn_aggregate(anchors, x[step], anchor_weight, None, eps, lam, max_iter, tol,
-                               tau=tau, keep=count)
-        for j in range(m):
-            for i in range(m):
-                column = r.plan[:, i].sum()
-                if not r.kept[i] and column > 0:
-                    anchor_sizes[j] += r.plan[j, i] / column * size[step, i]
-        anchors = r.tokens
-        kept[step], confidence[step], f[step], g[step] = r.kept, r.confidence, r.f, r.g
-    return ClipResult(anchors, anchor_sizes, kept, confidence, f, g)
+                               _row(source_weight, b), anchor_pos=_row(anchor_pos, b),
+                               source_pos=_row(source_pos, b), **kw) for b in range(len(anchors))]
