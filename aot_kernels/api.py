@@ -85,32 +85,44 @@ def _plan(cost, f, g, eps):
     return composite.plan(cost.to(cd), f.to(cd), g.to(cd), eps).to(f.dtype)
 
 
-def cosine_cost(x: torch.Tensor, y: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+def cosine_cost(x: torch.Tensor, y: torch.Tensor, *, x_pos: Optional[torch.Tensor] = None,
+                y_pos: Optional[torch.Tensor] = None, spatial: float = 0.0,
+                backend: str = "auto") -> torch.Tensor:
     """Cosine cost C [B,M,N] = 1 - cos(x_j, y_i), in [0, 2] (SPEC §1).
 
     x: anchors [B,M,D]; y: sources [B,N,D]; same dtype and device. fp16/bf16 are accumulated in
-    fp32; the result has the input dtype. A zero vector has cost 1 to everything.
+    fp32; the result has the input dtype. A zero vector has cost 1 to everything. spatial > 0
+    adds spatial * |x_pos_j - y_pos_i|_2 from positions x_pos [B,M,P], y_pos [B,N,P] (SPEC §8.4:
+    grid positions, spatial 0.5), computed inside the kernel.
     """
-    validate.pair(x, y, "x", "y")
+    validate.pair(x, y, "x", "y", check_values=False)
+    b, m, n = x.shape[0], x.shape[1], y.shape[1]
+    spatial = validate.spatial_term(spatial, x_pos, y_pos, "x_pos", "y_pos", b, m, n, x.device)
+    validate.values([(x, "x", "finite"), (y, "y", "finite"), (x_pos, "x_pos", "finite"),
+                     (y_pos, "y_pos", "finite")])
+    args = (x, y, x_pos, y_pos, spatial)
     chosen = _resolve(backend, x.device)
     if chosen == "cpp" or (chosen == "triton" and _through_op(x.device)):
-        return torch.ops.aot.cosine_cost(x, y)
+        return torch.ops.aot.cosine_cost(*args)
     if chosen == "triton":
-        return gpu.cosine_cost(x, y)
-    return composite.cosine_cost(x, y).to(x.dtype)
+        return gpu.cosine_cost(*args)
+    return composite.cosine_cost(*args).to(x.dtype)
 
 
 def sinkhorn(cost: torch.Tensor, anchor_weight: Optional[torch.Tensor] = None,
              source_weight: Optional[torch.Tensor] = None, *, eps: float = 0.1,
-             max_iter: int = 100, tol: float = 0.0, return_plan: bool = False,
-             backend: str = "auto", check_values: bool = True) -> SinkhornResult:
+             max_iter: int = 100, tol: float = 0.0, stop: str = "marginal",
+             return_plan: bool = False, backend: str = "auto",
+             check_values: bool = True) -> SinkhornResult:
     """Entropic OT between anchors (rows) and sources (columns), log-domain Sinkhorn (SPEC §2).
 
     cost [B,M,N] (cost units, e.g. cosine_cost). anchor_weight [B,M], source_weight [B,N]:
     non-negative masses, uniform probabilities when None; zero = padding (that row/column of the
     plan is exactly 0); sources are rescaled to the anchors' total. eps: entropic regularisation
-    in cost units. Stops a problem when its L1 row-marginal error < tol (tol = 0: exactly
-    max_iter iterations). The plan is T = exp((f + g - C)/eps), formed only if return_plan.
+    in cost units. stop="marginal" (SPEC §2): f then g each iteration, a problem stops once its
+    L1 row-marginal error < tol (`error`). stop="scaling" (SPEC §8.4, the authors' rule): g then
+    f, a problem stops once its source scaling vector exp(g/eps) changes by < tol on average
+    over its real sources (`error`: that change). tol = 0: exactly max_iter iterations. The plan is T = exp((f + g - C)/eps), formed only if return_plan.
     Differentiable w.r.t. cost (implicitly, at the fixed point, on the compiled backend).
     check_values: NaN/inf and negative-weight checks (one host sync); False skips them, shapes
     and types are always checked (the C++ CPU kernels also check values themselves, which
@@ -121,10 +133,11 @@ def sinkhorn(cost: torch.Tensor, anchor_weight: Optional[torch.Tensor] = None,
     validate.weight(anchor_weight, "anchor_weight", b, m, cost.device, check_values=False)
     validate.weight(source_weight, "source_weight", b, n, cost.device, check_values=False)
     validate.solver(eps, max_iter, tol)
+    validate.stop(stop)
     validate.values([(cost, "cost", "finite"), (anchor_weight, "anchor_weight", "weight"),
                      (source_weight, "source_weight", "weight")], check_values)
     chosen = _resolve(backend, cost.device)
-    args = (cost, anchor_weight, source_weight, float(eps), int(max_iter), float(tol))
+    args = (cost, anchor_weight, source_weight, float(eps), int(max_iter), float(tol), stop)
     if chosen == "cpp" or (chosen == "triton" and _through_op(cost.device)):
         f, g, iterations, error = torch.ops.aot.sinkhorn(*args)
     elif chosen == "triton":
@@ -139,6 +152,9 @@ def sinkhorn_aggregate(anchors: torch.Tensor, sources: torch.Tensor, *,
                        source_weight: Optional[torch.Tensor] = None, eps: float = 0.1,
                        lam: float = 1.0, max_iter: int = 100, tol: float = 0.0,
                        tau: Optional[float] = None, keep: Optional[int] = None,
+                       anchor_pos: Optional[torch.Tensor] = None,
+                       source_pos: Optional[torch.Tensor] = None, spatial: float = 0.0,
+                       stop: str = "marginal", nn_blend: float = 0.0,
                        return_plan: bool = False, backend: str = "auto",
                        check_values: bool = True) -> AggregateResult:
     """Cosine cost + Sinkhorn + mass-normalised aggregation in one call.
@@ -149,6 +165,10 @@ def sinkhorn_aggregate(anchors: torch.Tensor, sources: torch.Tensor, *,
     with confidence q_i = max_j T_ji / sum_j' T_j'i below tau, or the `keep` lowest (ties to the
     lower index), are kept as they are (`kept`); the others are merged with weights p_ij.
     Returns an AggregateResult; `plan` [B,M,N] (rows anchors) only with return_plan=True.
+    SPEC §8 options (the authors' pipeline): spatial > 0 adds spatial * |anchor_pos_j -
+    source_pos_i| to the cost (positions [B,M,P], [B,N,P]); stop as in `sinkhorn`; nn_blend in
+    [0, 1] (intra mode) returns (1 - nn_blend) tokens + nn_blend x_NN, x_NN_j the average of
+    anchor j and the sources whose most cosine-similar anchor it is (ties to the lower index).
     Differentiable w.r.t. anchors and sources (tokens, mass, confidence, distance, f, g).
     check_values as in `sinkhorn`.
     """
@@ -159,14 +179,19 @@ def sinkhorn_aggregate(anchors: torch.Tensor, sources: torch.Tensor, *,
     validate.weight(source_weight, "source_weight", b, n, anchors.device, check_values=False)
     validate.solver(eps, max_iter, tol)
     validate.aggregation(lam, tau, keep, n)
+    spatial = validate.spatial_term(spatial, anchor_pos, source_pos, "anchor_pos", "source_pos",
+                                    b, m, n, anchors.device)
+    validate.stop(stop)
+    nn_blend = validate.blend(nn_blend, tau, keep)
     checks = [(anchors, "anchors", "finite"), (sources, "sources", "finite"),
-              (anchor_weight, "anchor_weight", "weight"), (source_weight, "source_weight", "weight")]
+              (anchor_weight, "anchor_weight", "weight"), (source_weight, "source_weight", "weight"),
+              (anchor_pos, "anchor_pos", "finite"), (source_pos, "source_pos", "finite")]
     if keep:
         checks.append((source_weight, "source_weight", ("keep", keep)))
     validate.values(checks, check_values)
     args = (anchors, sources, anchor_weight, source_weight, float(eps), float(lam),
             int(max_iter), float(tol), None if tau is None else float(tau),
-            None if keep is None else int(keep))
+            None if keep is None else int(keep), anchor_pos, source_pos, spatial, stop, nn_blend)
     chosen = _resolve(backend, anchors.device)
     if chosen == "cpp" or (chosen == "triton" and _through_op(anchors.device)):
         out = torch.ops.aot.sinkhorn_aggregate(*args)
@@ -176,7 +201,8 @@ def sinkhorn_aggregate(anchors: torch.Tensor, sources: torch.Tensor, *,
         out = composite.sinkhorn_aggregate(*args)
     transport = None
     if return_plan:
-        transport = _plan(composite.cosine_cost(anchors, sources), out[6], out[7], eps)
+        cost = composite.cosine_cost(anchors, sources, anchor_pos, source_pos, spatial)
+        transport = _plan(cost, out[6], out[7], eps)
     return AggregateResult(*out, transport)
 
 

@@ -18,12 +18,32 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def cosine_cost(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """C [B,M,N] = 1 - cos(x_j, y_i) for x [B,M,D], y [B,N,D], in the compute dtype."""
+def cosine_cost(x: torch.Tensor, y: torch.Tensor, x_pos=None, y_pos=None,
+                spatial: float = 0.0) -> torch.Tensor:
+    """C [B,M,N] = 1 - cos(x_j, y_i) for x [B,M,D], y [B,N,D], in the compute dtype, plus
+    `spatial_cost` when spatial != 0."""
     cd = compute_dtype(x.dtype)
     xu = F.normalize(x.to(cd), dim=-1, eps=NORM_FLOOR)
     yu = F.normalize(y.to(cd), dim=-1, eps=NORM_FLOOR)
-    return 1.0 - torch.bmm(xu, yu.transpose(1, 2))
+    cost = 1.0 - torch.bmm(xu, yu.transpose(1, 2))
+    return cost if not spatial else cost + spatial_cost(x_pos, y_pos, spatial, cd)
+
+
+def spatial_cost(x_pos, y_pos, spatial: float, dtype) -> torch.Tensor:
+    """spatial * |p_j - p_i|_2 [B,M,N] for positions [B,M,P], [B,N,P] (SPEC §8.4). Direct
+    differences (cdist's matmul shortcut loses digits near 0)."""
+    return spatial * torch.cdist(x_pos.to(dtype), y_pos.to(dtype),
+                                 compute_mode="donot_use_mm_for_euclid_dist")
+
+
+def nearest_anchor_average(x, y, semantic, a, s):
+    """x_NN [B,M,D] = (x_j + sum_{nn(i)=j} y_i) / (1 + #{i: nn(i)=j}), nn(i) the real anchor of
+    lowest semantic cost (highest cosine) to the real source i, ties to the lower index
+    (SPEC §8.5)."""
+    key = torch.where((a > 0).unsqueeze(2), semantic, float("inf"))
+    nearest = key.argmin(dim=1, keepdim=True)  # argmin returns the first of equal values
+    member = torch.zeros_like(semantic).scatter_(1, nearest, 1.0) * (s > 0).unsqueeze(1)
+    return (x + torch.bmm(member, y)) / (1.0 + member.sum(2)).unsqueeze(2)
 
 
 def marginals(anchor_weight, source_weight, batch: int, m: int, n: int, dtype, device):
@@ -46,27 +66,50 @@ def row_error(transport: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     return (transport.sum(2) - a).abs().sum(1)
 
 
-def sinkhorn(cost, a, s, eps: float, max_iter: int, tol: float):
-    """Batched log-domain Sinkhorn (SPEC §2) with per-problem stopping.
+STOPS = ("marginal", "scaling")
 
-    cost [B,M,N] (compute dtype), marginals a [B,M], s [B,N]. Returns f [B,M], g [B,N],
-    iterations [B] (int64), error [B]. A stopped problem's potentials are frozen.
+
+def scaling_change(g_new, g_old, s, eps: float) -> torch.Tensor:
+    """mean_i |r_i - r_i_prev| over real sources (s > 0), r = exp(g / eps): SPEC §8.4's test."""
+    live = s > 0
+    diff = torch.where(live, torch.exp(g_new / eps) - torch.exp(g_old / eps), 0.0).abs()
+    return diff.sum(1) / live.sum(1)
+
+
+def sinkhorn(cost, a, s, eps: float, max_iter: int, tol: float, stop: str = "marginal"):
+    """Batched log-domain Sinkhorn with per-problem stopping.
+
+    cost [B,M,N] (compute dtype), marginals a [B,M], s [B,N]. stop="marginal" (SPEC §2): f then
+    g, stop once the L1 row error < tol. stop="scaling" (SPEC §8.4): g then f, stop once the
+    source scaling vector exp(g/eps) changes by < tol on average (`scaling_change`). Returns
+    f [B,M], g [B,N], iterations [B] (int64), error [B] (row error, or the last change). A
+    stopped problem's potentials are frozen.
     """
     batch = cost.shape[0]
     log_a, log_s = a.log(), s.log()  # log 0 = -inf marks padding
-    f = torch.zeros_like(a)
+    f = torch.where(a > 0, 0.0, float("-inf")).to(cost.dtype)
     g = torch.where(s > 0, 0.0, float("-inf")).to(cost.dtype)
     active = torch.ones(batch, dtype=torch.bool, device=cost.device)
     iterations = torch.zeros(batch, dtype=torch.int64, device=cost.device)
     error = torch.full((batch,), float("inf"), dtype=cost.dtype, device=cost.device)
+    f_step = lambda g_: eps * log_a - eps * torch.logsumexp((g_.unsqueeze(1) - cost) / eps, dim=2)  # noqa: E731
+    g_step = lambda f_: eps * log_s - eps * torch.logsumexp((f_.unsqueeze(2) - cost) / eps, dim=1)  # noqa: E731
     for it in range(max_iter):
-        f_new = eps * log_a - eps * torch.logsumexp((g.unsqueeze(1) - cost) / eps, dim=2)
-        g_new = eps * log_s - eps * torch.logsumexp((f_new.unsqueeze(2) - cost) / eps, dim=1)
+        if stop == "marginal":
+            f_new = f_step(g)
+            g_new = g_step(f_new)
+        else:
+            g_new = g_step(f)
+            f_new = f_step(g_new)
+        measure = tol > 0 or it == max_iter - 1
+        if measure and stop == "scaling":
+            err_new = scaling_change(g_new, g, s, eps).detach()
         f = torch.where(active.unsqueeze(1), f_new, f)
         g = torch.where(active.unsqueeze(1), g_new, g)
         iterations = iterations + active.to(torch.int64)
-        if tol > 0 or it == max_iter - 1:
-            err_new = row_error(plan(cost, f, g, eps), a).detach()
+        if measure:
+            if stop == "marginal":
+                err_new = row_error(plan(cost, f, g, eps), a).detach()
             error = torch.where(active, err_new, error)
             active = active & ~(err_new < tol)
             if tol > 0 and not bool(active.any()):  # early exit only matters when stopping
@@ -74,13 +117,14 @@ def sinkhorn(cost, a, s, eps: float, max_iter: int, tol: float):
     return f, g, iterations, error
 
 
-def sinkhorn_op(cost, anchor_weight, source_weight, eps: float, max_iter: int, tol: float):
+def sinkhorn_op(cost, anchor_weight, source_weight, eps: float, max_iter: int, tol: float,
+                stop: str = "marginal"):
     """Same contract and outputs as torch.ops.aot.sinkhorn (weights, not marginals), in plain
     torch: f, g, error in the cost's dtype."""
     b, m, n = cost.shape
     cd = compute_dtype(cost.dtype)
     a, s = marginals(anchor_weight, source_weight, b, m, n, cd, cost.device)
-    f, g, iterations, error = sinkhorn(cost.to(cd), a, s, eps, max_iter, tol)
+    f, g, iterations, error = sinkhorn(cost.to(cd), a, s, eps, max_iter, tol, stop)
     return f.to(cost.dtype), g.to(cost.dtype), iterations, error.to(cost.dtype)
 
 
@@ -137,19 +181,23 @@ def aggregate(x, y, transport, s, lam: float, kept=None):
 
 
 def sinkhorn_aggregate(anchors, sources, anchor_weight, source_weight, eps, lam, max_iter, tol,
-                       tau=None, keep=None):
+                       tau=None, keep=None, anchor_pos=None, source_pos=None, spatial=0.0,
+                       stop="marginal", nn_blend=0.0):
     """Same contract and outputs as torch.ops.aot.sinkhorn_aggregate, in plain torch."""
     cd = compute_dtype(anchors.dtype)
     x, y = anchors.to(cd), sources.to(cd)
     batch, m, n = x.shape[0], x.shape[1], y.shape[1]
-    cost = cosine_cost(x, y)
+    semantic = cosine_cost(x, y)
+    cost = semantic if not spatial else semantic + spatial_cost(anchor_pos, source_pos, spatial, cd)
     a, s = marginals(anchor_weight, source_weight, batch, m, n, cd, x.device)
-    f, g, iterations, error = sinkhorn(cost, a, s, eps, max_iter, tol)
+    f, g, iterations, error = sinkhorn(cost, a, s, eps, max_iter, tol, stop)
     transport = plan(cost, f, g, eps)
     confidence = confidence_of(transport, s)
     inter = tau is not None or keep is not None
     kept = select_kept(confidence, s, tau, keep) if inter else torch.zeros_like(s, dtype=torch.bool)
     tokens, mass = aggregate(x, y, transport, s, lam, kept if inter else None)
+    if nn_blend:  # intra mode only (validated)
+        tokens = (1.0 - nn_blend) * tokens + nn_blend * nearest_anchor_average(x, y, semantic, a, s)
     distance = (transport * cost).sum((1, 2))
     out = anchors.dtype
     return (tokens.to(out), mass.to(out), confidence.to(out), kept, distance.to(out), iterations,

@@ -36,12 +36,12 @@ def _no_weight_grad(ctx, index: int, op: str) -> None:
 
 # ---- cosine_cost -----------------------------------------------------------------------------
 
-def _cosine_cost_fake(x, y):
+def _cosine_cost_fake(x, y, x_pos=None, y_pos=None, spatial=0.0):
     return x.new_empty(x.shape[0], x.shape[1], y.shape[1])
 
 
 def _cosine_cost_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+    ctx.save_for_backward(inputs[0], inputs[1])  # the spatial term does not depend on x, y
 
 
 def _cosine_cost_backward(ctx, grad):
@@ -50,19 +50,20 @@ def _cosine_cost_backward(ctx, grad):
         xr, yr = x.detach().requires_grad_(), y.detach().requires_grad_()
         cost = composite.cosine_cost(xr, yr)
         gx, gy = torch.autograd.grad(cost, (xr, yr), grad.to(cost.dtype))
-    return gx.to(x.dtype), gy.to(y.dtype)
+    return gx.to(x.dtype), gy.to(y.dtype), None, None, None
 
 
 # ---- sinkhorn --------------------------------------------------------------------------------
 
-def _sinkhorn_fake(cost, anchor_weight=None, source_weight=None, eps=0.1, max_iter=100, tol=0.0):
+def _sinkhorn_fake(cost, anchor_weight=None, source_weight=None, eps=0.1, max_iter=100, tol=0.0,
+                   stop="marginal"):
     b, m, n = cost.shape
     return (cost.new_empty(b, m), cost.new_empty(b, n), cost.new_empty(b, dtype=torch.int64),
             cost.new_empty(b))
 
 
 def _sinkhorn_setup(ctx, inputs, output):
-    cost, _, _, eps, _, _ = inputs
+    cost, eps = inputs[0], inputs[3]
     f, g, iterations, error = output
     ctx.eps = eps
     ctx.mark_non_differentiable(iterations, error)
@@ -77,13 +78,14 @@ def _sinkhorn_backward(ctx, grad_f, grad_g, _grad_iterations, _grad_error):
     grad_f = None if grad_f is None else grad_f.to(cd)
     grad_g = None if grad_g is None else grad_g.to(cd)
     grad = cost_grad(cost.to(cd), f.to(cd), g.to(cd), ctx.eps, grad_f, grad_g)
-    return grad.to(cost.dtype), None, None, None, None, None
+    return (grad.to(cost.dtype),) + (None,) * 6
 
 
 # ---- sinkhorn_aggregate ----------------------------------------------------------------------
 
 def _aggregate_fake(anchors, sources, anchor_weight=None, source_weight=None, eps=0.1, lam=1.0,
-                    max_iter=100, tol=0.0, tau=None, keep=None):
+                    max_iter=100, tol=0.0, tau=None, keep=None, anchor_pos=None, source_pos=None,
+                    spatial=0.0, stop="marginal", nn_blend=0.0):
     b, m, _ = anchors.shape
     n = sources.shape[1]
     return (anchors.new_empty(anchors.shape), anchors.new_empty(b, m), anchors.new_empty(b, n),
@@ -93,9 +95,12 @@ def _aggregate_fake(anchors, sources, anchor_weight=None, source_weight=None, ep
 
 
 def _aggregate_setup(ctx, inputs, output):
-    anchors, sources, anchor_weight, source_weight, eps, lam, _, _, tau, keep = inputs
+    # inputs holds every schema argument, defaults filled in.
+    (anchors, sources, anchor_weight, source_weight, eps, lam, _, _, tau, keep, anchor_pos,
+     source_pos, spatial, _, nn_blend) = inputs
     _, _, _, kept, _, iterations, f, g, error = output
     ctx.eps, ctx.lam, ctx.inter = eps, lam, tau is not None or keep is not None
+    ctx.spatial, ctx.positions, ctx.nn_blend = spatial, (anchor_pos, source_pos), nn_blend
     ctx.mark_non_differentiable(kept, iterations, error)
     ctx.weights = (anchor_weight, source_weight)
     ctx.save_for_backward(anchors, sources, f, g, kept)
@@ -112,11 +117,16 @@ def _aggregate_backward(ctx, g_tokens, g_mass, g_confidence, _g_kept, g_distance
     with torch.enable_grad():
         x = anchors.detach().to(cd).requires_grad_()
         y = sources.detach().to(cd).requires_grad_()
-        cost = composite.cosine_cost(x, y)
-        _, s = composite.marginals(*ctx.weights, x.shape[0], x.shape[1], y.shape[1], cd, x.device)
+        semantic = composite.cosine_cost(x, y)
+        cost = semantic if not ctx.spatial else semantic + composite.spatial_cost(
+            *ctx.positions, ctx.spatial, cd)
+        a, s = composite.marginals(*ctx.weights, x.shape[0], x.shape[1], y.shape[1], cd, x.device)
         f_, g_ = ImplicitPotentials.apply(cost, f.to(cd), g.to(cd), ctx.eps)
         transport = composite.plan(cost, f_, g_, ctx.eps)
         tokens, mass = composite.aggregate(x, y, transport, s, ctx.lam, kept if ctx.inter else None)
+        if ctx.nn_blend:
+            tokens = (1.0 - ctx.nn_blend) * tokens + ctx.nn_blend * composite.nearest_anchor_average(
+                x, y, semantic, a, s)
         pairs = [
             (tokens, g_tokens), (mass, g_mass),
             (composite.confidence_of(transport, s), g_confidence),
@@ -127,7 +137,7 @@ def _aggregate_backward(ctx, g_tokens, g_mass, g_confidence, _g_kept, g_distance
         gx, gy = torch.autograd.grad(outs, (x, y), grads, allow_unused=True)
     gx = torch.zeros_like(anchors) if gx is None else gx.to(anchors.dtype)
     gy = torch.zeros_like(sources) if gy is None else gy.to(sources.dtype)
-    return (gx, gy) + (None,) * 8
+    return (gx, gy) + (None,) * 13
 
 
 # ---- clip_aggregate --------------------------------------------------------------------------

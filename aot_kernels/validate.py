@@ -165,6 +165,50 @@ def aggregation(lam, tau, keep, n: int) -> None:
         raise ValueError(f"keep must be in [0, N={n}], got {keep}")
 
 
+STOPS = ("marginal", "scaling")
+
+
+def stop(value) -> str:
+    """Sinkhorn's stopping rule: "marginal" (SPEC §2) or "scaling" (SPEC §8.4)."""
+    if value not in STOPS:
+        raise ValueError(f"stop must be one of {STOPS}, got {value!r}")
+    return value
+
+
+def spatial_term(spatial, x_pos, y_pos, xname: str, yname: str, batch: int, m: int, n: int,
+                 device) -> float:
+    """spatial >= 0; with spatial > 0 both positions [B,M,P] and [B,N,P] (floating, same P, on
+    the features' device); positions without spatial are a mistake, not ignored."""
+    weight = _real(spatial, "spatial")
+    if weight < 0:
+        raise ValueError(f"spatial must be >= 0, got {spatial}")
+    if weight == 0:
+        if x_pos is not None or y_pos is not None:
+            raise ValueError(f"{xname}/{yname} are used only with spatial > 0 (got spatial=0)")
+        return weight
+    for pos, name, rows in ((x_pos, xname, m), (y_pos, yname, n)):
+        if pos is None:
+            raise ValueError(f"spatial > 0 needs {xname} and {yname}; {name} is missing")
+        features(pos, name, rank=3, what=f"[B={batch}, {rows}, P]")
+        if pos.shape[0] != batch or pos.shape[1] != rows or pos.shape[2] == 0:
+            raise ValueError(f"{name} must have shape [{batch}, {rows}, P], got {tuple(pos.shape)}")
+        if pos.device != device:
+            raise ValueError(f"{name} is on device {pos.device} but the features are on {device}")
+    if x_pos.shape[2] != y_pos.shape[2]:
+        raise ValueError(f"{xname} and {yname} have different P: {x_pos.shape[2]} and {y_pos.shape[2]}")
+    return weight
+
+
+def blend(nn_blend, tau, keep) -> float:
+    """nn_blend in [0, 1], intra mode only (SPEC §8.5)."""
+    value = _real(nn_blend, "nn_blend")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"nn_blend must be in [0, 1], got {nn_blend}")
+    if value and (tau is not None or keep is not None):
+        raise ValueError("nn_blend applies to intra mode (no tau or keep)")
+    return value
+
+
 def backend(name) -> None:
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")

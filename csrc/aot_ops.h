@@ -9,13 +9,18 @@
 
 namespace aot {
 
-// C[b, j, i] = 1 - <x_j / max(|x_j|, 1e-12), y_i / max(|y_i|, 1e-12)>; x [B,M,D], y [B,N,D].
-at::Tensor cosine_cost_cpu(const at::Tensor& x, const at::Tensor& y);
+// C[b, j, i] = 1 - <x_j / max(|x_j|, 1e-12), y_i / max(|y_i|, 1e-12)>; x [B,M,D], y [B,N,D];
+// plus spatial * |x_pos_j - y_pos_i|_2 with positions [B,M,P], [B,N,P] when spatial != 0.
+at::Tensor cosine_cost_cpu(const at::Tensor& x, const at::Tensor& y,
+                           const std::optional<at::Tensor>& x_pos,
+                           const std::optional<at::Tensor>& y_pos, double spatial);
 
 // Log-domain Sinkhorn on cost [B,M,N] -> (f [B,M], g [B,N], iterations [B] int64, error [B]).
+// stop: "marginal" (f then g, L1 row error) or "scaling" (g then f, mean scaling change).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cpu(
     const at::Tensor& cost, const std::optional<at::Tensor>& anchor_weight,
-    const std::optional<at::Tensor>& source_weight, double eps, int64_t max_iter, double tol);
+    const std::optional<at::Tensor>& source_weight, double eps, int64_t max_iter, double tol,
+    c10::string_view stop);
 
 // Cost + Sinkhorn + aggregation -> (tokens [B,M,D], mass [B,M], confidence [B,N],
 // kept [B,N] bool, distance [B], iterations [B] int64, f [B,M], g [B,N], error [B]).
@@ -25,7 +30,9 @@ sinkhorn_aggregate_cpu(const at::Tensor& anchors, const at::Tensor& sources,
                        const std::optional<at::Tensor>& anchor_weight,
                        const std::optional<at::Tensor>& source_weight, double eps, double lam,
                        int64_t max_iter, double tol, std::optional<double> tau,
-                       std::optional<int64_t> keep);
+                       std::optional<int64_t> keep, const std::optional<at::Tensor>& anchor_pos,
+                       const std::optional<at::Tensor>& source_pos, double spatial,
+                       c10::string_view stop, double nn_blend);
 
 // Inter-frame scan of whole clips (SPEC §5): frames [C,L,M,D], lengths [C], sizes [C,L,M],
 // anchor_weight [C,M], tau or keep [C,L] -> (anchors [C,M,D], sizes [C,M], kept [C,L,M] bool,

@@ -239,3 +239,40 @@ def batched_sinkhorn_aggregate(anchors, sources, anchor_weight=None, source_weig
     return [sinkhorn_aggregate(anchors[b], sources[b], _row(anchor_weight, b),
                                _row(source_weight, b), anchor_pos=_row(anchor_pos, b),
                                source_pos=_row(source_pos, b), **kw) for b in range(len(anchors))]
+
+
+@dataclass
+class ClipResult:
+    anchors: np.ndarray  # [M, D] the clip's anchors after absorbing its frames
+    sizes: np.ndarray  # [M] original tokens each anchor stands for
+    kept: np.ndarray  # [L, M] bool, dynamic tokens per frame (row 0 and padding rows False)
+    confidence: np.ndarray  # [L, M]
+    f: np.ndarray  # [L, M] potentials of step l (row 0 and padding rows 0)
+    g: np.ndarray  # [L, M]
+
+
+def clip_aggregate(frames, length=None, sizes=None, anchor_weight=None, eps=0.1, lam=1.0,
+                   max_iter=100, tol=0.0, tau=None, keep=None) -> ClipResult:
+    """Inter-frame aggregation of one clip (SPEC §5): frames [L, M, D], frame 0 the anchors, only
+    the first `length` frames used. At step l the anchors absorb frame l (inter mode with `tau`,
+    or keep[l] dynamic tokens; neither: every token merged), and each anchor's size grows by
+    sum_i p_ij sizes[l, i] over the merged tokens i."""
+    x = np.asarray(frames, dtype=np.float64)
+    steps, m = x.shape[0], x.shape[1]
+    length = steps if length is None else int(length)
+    size = np.ones((steps, m)) if sizes is None else np.asarray(sizes, dtype=np.float64)
+    anchors, anchor_sizes = x[0].copy(), size[0].copy()
+    kept, confidence = np.zeros((steps, m), dtype=bool), np.zeros((steps, m))
+    f, g = np.zeros((steps, m)), np.zeros((steps, m))
+    for step in range(1, length):
+        count = None if tau is not None else (0 if keep is None else int(keep[step]))
+        r = sinkhorn_aggregate(anchors, x[step], anchor_weight, None, eps, lam, max_iter, tol,
+                               tau=tau, keep=count)
+        for j in range(m):
+            for i in range(m):
+                column = r.plan[:, i].sum()
+                if not r.kept[i] and column > 0:
+                    anchor_sizes[j] += r.plan[j, i] / column * size[step, i]
+        anchors = r.tokens
+        kept[step], confidence[step], f[step], g[step] = r.kept, r.confidence, r.f, r.g
+    return ClipResult(anchors, anchor_sizes, kept, confidence, f, g)

@@ -58,6 +58,34 @@ inline at::Tensor cosine_cost_compute(const at::Tensor& x, const at::Tensor& y) 
   return cost;
 }
 
+// Positions [B, rows, P] for the spatial cost term: floating, on the features' device.
+inline at::Tensor check_positions(const std::optional<at::Tensor>& pos, const char* name,
+                                  int64_t batch, int64_t rows, at::ScalarType dt,
+                                  const at::Device& device) {
+  TORCH_CHECK_VALUE(pos.has_value(), name, " is required when spatial != 0");
+  const auto& t = *pos;
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), name, " must be a floating tensor, got ",
+                   t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 3 && t.size(0) == batch && t.size(1) == rows && t.size(2) > 0,
+                    name, " must have shape [", batch, ", ", rows, ", P], got ", t.sizes());
+  TORCH_CHECK_VALUE(t.device() == device, name, " is on ", t.device(), ", expected ", device);
+  auto c = t.to(dt).contiguous();
+  TORCH_CHECK_VALUE(at::isfinite(c).all().item<bool>(), name, " has NaN or inf entries");
+  return c;
+}
+
+// cost [B,M,N] += spatial * |x_pos_j - y_pos_i|_2 (SPEC §8.4), in place: no [B,M,N] bias tensor.
+void add_spatial_cost(at::Tensor& cost, const std::optional<at::Tensor>& x_pos,
+                      const std::optional<at::Tensor>& y_pos, double spatial, const char* xname,
+                      const char* yname);
+
+// "marginal" -> false, "scaling" -> true; anything else is a ValueError.
+inline bool scaling_stop(c10::string_view stop) {
+  TORCH_CHECK_VALUE(stop == "marginal" || stop == "scaling",
+                    "stop must be 'marginal' or 'scaling', got '", std::string(stop), "'");
+  return stop == "scaling";
+}
+
 // SPEC §2 marginals in dtype `dt`: uniform probabilities when absent, sources rescaled to the
 // anchors' total; zero weight = padding. Returns (a [B,M], s [B,N]).
 std::pair<at::Tensor, at::Tensor> marginals(const std::optional<at::Tensor>& anchor_weight,

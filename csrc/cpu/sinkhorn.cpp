@@ -112,6 +112,30 @@ class Solver {
     return {max_iter, static_cast<T>(final_error())};
   }
 
+  // SPEC §8.4: each iteration updates g (the sources) then f (the anchors), from f = g = 0, and
+  // stops once the source scaling vector exp(g/eps) changes by < tol on average over the real
+  // sources; the error returned is that change. Same sweeps as `run`, half an iteration apart.
+  SolveOut<T> run_scaling(int64_t max_iter, T tol) {
+    for (int64_t j = 0; j < M_; ++j)
+      if (live_row(j)) {
+        fbar_[j] = 0;
+        u_[j] = 1;
+      }
+    std::vector<double> g_prev(N_, 0.0);
+    double change = std::numeric_limits<double>::infinity();
+    for (int64_t it = 1; it <= max_iter; ++it) {
+      if (it == 1) {
+        log_g_step();  // no K yet
+      } else {
+        g_half_step();
+      }
+      change = scaling_change(g_prev);
+      f_half_step();
+      if (change < tol) return {it, static_cast<T>(change)};
+    }
+    return {max_iter, static_cast<T>(change)};
+  }
+
   void potentials(T* f, T* g) const {
     for (int64_t j = 0; j < M_; ++j) f[j] = live_row(j) ? fbar_[j] + eps_ * std::log(u_[j]) : -inf();
     for (int64_t i = 0; i < N_; ++i) g[i] = live_col(i) ? gbar_[i] + eps_ * std::log(v_[i]) : -inf();
@@ -141,6 +165,34 @@ class Solver {
         exp_cols(row(j), fbar_[j], gbar_.data(), C_ + j * N_, inv_eps_, zero_.data(),
                  colsum_.data(), N_);
     }
+  }
+
+  // u = a / (K v) by one sweep (which also leaves K^T u for the next g step), in the log domain
+  // where the scaling would leave the safe range.
+  void f_half_step() {
+    bool safe = true;
+    sweep(K_.data(), v_.data(), u_.data(), a_.data(), Mp_, ld_, u_new_.data(), ktu_.data(), &safe);
+    if (safe) {
+      std::swap(u_, u_new_);
+    } else {
+      log_f_step();
+      column_pass(K_.data(), u_.data(), Mp_, ld_, ktu_.data());
+    }
+  }
+
+  // mean_i |exp(g_i/eps) - exp(g_prev_i/eps)| over real sources, in double (exp(g/eps) can pass
+  // the float range before the plan does); g_prev becomes the current g.
+  double scaling_change(std::vector<double>& g_prev) const {
+    double sum = 0;
+    int64_t live = 0;
+    for (int64_t i = 0; i < N_; ++i) {
+      if (!live_col(i)) continue;
+      const double g = static_cast<double>(gbar_[i]) + eps_ * std::log(static_cast<double>(v_[i]));
+      sum += std::abs(std::exp(g / eps_) - std::exp(g_prev[i] / eps_));
+      g_prev[i] = g;
+      ++live;
+    }
+    return live ? sum / static_cast<double>(live) : 0.0;
   }
 
   double final_error() const {
@@ -229,9 +281,10 @@ class Solver {
 
 template <typename T>
 SolveOut<T> solve_problem(const T* C, const T* a, const T* s, int64_t M, int64_t N, T eps,
-                          int64_t max_iter, T tol, T* f, T* g, T* plan, std::vector<T>& K) {
+                          int64_t max_iter, T tol, bool scaling, T* f, T* g, T* plan,
+                          std::vector<T>& K) {
   Solver<T> solver(C, a, s, M, N, eps, K);
-  auto out = solver.run(max_iter, tol);
+  auto out = scaling ? solver.run_scaling(max_iter, tol) : solver.run(max_iter, tol);
   solver.potentials(f, g);
   if (plan != nullptr) solver.plan(plan);
   return out;
@@ -242,7 +295,7 @@ SolveOut<T> solve_problem(const T* C, const T* a, const T* s, int64_t M, int64_t
 // Solves every problem of cost [B,M,N] (compute dtype, contiguous) in parallel; writes the plan
 // into `plan` ([B,M,N], same dtype) when it is defined.
 Solved solve_batch(const at::Tensor& cost, const at::Tensor& a, const at::Tensor& s, double eps,
-                   int64_t max_iter, double tol, const at::Tensor& plan) {
+                   int64_t max_iter, double tol, const at::Tensor& plan, bool scaling) {
   const int64_t B = cost.size(0), M = cost.size(1), N = cost.size(2);
   auto f = at::empty({B, M}, cost.options());
   auto g = at::empty({B, N}, cost.options());
@@ -262,7 +315,7 @@ Solved solve_batch(const at::Tensor& cost, const at::Tensor& a, const at::Tensor
       for (int64_t b = begin; b < end; ++b) {
         auto r = solve_problem<scalar_t>(C + b * M * N, A + b * M, S + b * N, M, N,
                                          static_cast<scalar_t>(eps), max_iter,
-                                         static_cast<scalar_t>(tol), F + b * M, G + b * N,
+                                         static_cast<scalar_t>(tol), scaling, F + b * M, G + b * N,
                                          P ? P + b * M * N : nullptr, K);
         I[b] = r.iterations;
         E[b] = r.error;
@@ -340,10 +393,49 @@ template void plan_to_weights<double>(double*, const double*, const double*, int
                                       double*, bool*, double*, double*, double*, const double*,
                                       double*);
 
+namespace {
+
+// SPEC §8.5: nearest[i] = the real anchor of lowest semantic cost to source i (ties to the lower
+// index), -1 if there is none. C [M,N] is the cosine cost, before any spatial term.
+template <typename T>
+void nearest_anchors(const T* C, const T* a, int64_t M, int64_t N, int64_t* nearest) {
+  std::vector<T> best(N, std::numeric_limits<T>::infinity());
+  std::fill(nearest, nearest + N, int64_t(-1));
+  for (int64_t j = 0; j < M; ++j) {
+    if (!(a[j] > 0)) continue;
+    const T* Cj = C + j * N;
+    for (int64_t i = 0; i < N; ++i)
+      if (Cj[i] < best[i]) {  // strict: the first of equal costs stays
+        best[i] = Cj[i];
+        nearest[i] = j;
+      }
+  }
+}
+
+// Blend the nearest-anchor average into the fold (SPEC §8.5), so it stays one GEMM: with W' and
+// anchor_scale from plan_to_weights (tokens = x anchor_scale + W' y), the blended tokens
+// (1 - beta) tokens + beta (x_j + sum_{nn(i)=j} y_i) / (1 + c_j) are x anchor_scale'' + W'' y.
+template <typename T>
+void blend_nearest(T* W, T* anchor_scale, const int64_t* nearest, const T* s, int64_t M, int64_t N,
+                   T beta) {
+  std::vector<T> count(M, T(0));
+  for (int64_t i = 0; i < N; ++i)
+    if (s[i] > 0 && nearest[i] >= 0) count[nearest[i]] += 1;
+  for (int64_t k = 0; k < M * N; ++k) W[k] *= T(1) - beta;
+  for (int64_t i = 0; i < N; ++i)
+    if (s[i] > 0 && nearest[i] >= 0) W[nearest[i] * N + i] += beta / (T(1) + count[nearest[i]]);
+  for (int64_t j = 0; j < M; ++j)
+    anchor_scale[j] = (T(1) - beta) * anchor_scale[j] + beta / (T(1) + count[j]);
+}
+
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cpu(
     const at::Tensor& cost, const std::optional<at::Tensor>& anchor_weight,
-    const std::optional<at::Tensor>& source_weight, double eps, int64_t max_iter, double tol) {
+    const std::optional<at::Tensor>& source_weight, double eps, int64_t max_iter, double tol,
+    c10::string_view stop) {
   check_features(cost, "cost");
+  const bool scaling = scaling_stop(stop);
   TORCH_CHECK_VALUE(cost.size(1) > 0 && cost.size(2) > 0, "cost must have M > 0 and N > 0, got ",
                     cost.sizes());
   check_solver_args(eps, max_iter, tol);
@@ -352,7 +444,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cpu(
   TORCH_CHECK_VALUE(at::isfinite(C).all().item<bool>(), "cost has NaN or inf entries");
   auto [a, s] = marginals(anchor_weight, source_weight, C.size(0), C.size(1), C.size(2), dt,
                           cost.device());
-  auto r = solve_batch(C, a, s, eps, max_iter, tol, at::Tensor());
+  auto r = solve_batch(C, a, s, eps, max_iter, tol, at::Tensor(), scaling);
   const auto out = cost.scalar_type();
   return {r.f.to(out), r.g.to(out), r.iterations, r.error.to(out)};
 }
@@ -363,8 +455,16 @@ sinkhorn_aggregate_cpu(const at::Tensor& anchors, const at::Tensor& sources,
                        const std::optional<at::Tensor>& anchor_weight,
                        const std::optional<at::Tensor>& source_weight, double eps, double lam,
                        int64_t max_iter, double tol, std::optional<double> tau,
-                       std::optional<int64_t> keep) {
+                       std::optional<int64_t> keep, const std::optional<at::Tensor>& anchor_pos,
+                       const std::optional<at::Tensor>& source_pos, double spatial,
+                       c10::string_view stop, double nn_blend) {
   check_pair(anchors, sources, "anchors", "sources");
+  const bool scaling = scaling_stop(stop);
+  TORCH_CHECK_VALUE(std::isfinite(spatial) && spatial >= 0,
+                    "spatial must be a finite number >= 0, got ", spatial);
+  TORCH_CHECK_VALUE(nn_blend >= 0 && nn_blend <= 1, "nn_blend must be in [0, 1], got ", nn_blend);
+  TORCH_CHECK_VALUE(nn_blend == 0 || !(tau.has_value() || keep.has_value()),
+                    "nn_blend applies to intra mode (no tau or keep)");
   TORCH_CHECK_VALUE(anchors.scalar_type() == sources.scalar_type(),
                     "anchors and sources must have the same dtype, got ", anchors.scalar_type(),
                     " and ", sources.scalar_type());
@@ -382,9 +482,22 @@ sinkhorn_aggregate_cpu(const at::Tensor& anchors, const at::Tensor& sources,
   auto y = sources.to(dt).contiguous();
   auto C = cosine_cost_compute(x, y);  // GEMM 1 of 2
   auto [a, s] = marginals(anchor_weight, source_weight, B, M, N, dt, anchors.device());
+  at::Tensor nearest;  // from the cosine part alone, before the spatial term joins the cost
+  if (nn_blend > 0) {
+    nearest = at::empty({B, N}, x.options().dtype(at::kLong));
+    AT_DISPATCH_FLOATING_TYPES(dt, "aot_nearest", [&] {
+      at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b)
+          nearest_anchors<scalar_t>(C.const_data_ptr<scalar_t>() + b * M * N,
+                                    a.const_data_ptr<scalar_t>() + b * M, M, N,
+                                    nearest.data_ptr<int64_t>() + b * N);
+      });
+    });
+  }
+  if (spatial != 0) add_spatial_cost(C, anchor_pos, source_pos, spatial, "anchor_pos", "source_pos");
 
   auto W = at::empty({B, M, N}, x.options());
-  auto r = solve_batch(C, a, s, eps, max_iter, tol, W);
+  auto r = solve_batch(C, a, s, eps, max_iter, tol, W, scaling);
 
   auto confidence = at::empty({B, N}, x.options());
   auto kept = at::empty({B, N}, x.options().dtype(at::kBool));
@@ -402,6 +515,13 @@ sinkhorn_aggregate_cpu(const at::Tensor& anchors, const at::Tensor& sources,
                                   kept.data_ptr<bool>() + b * N, distance.data_ptr<scalar_t>() + b,
                                   mass.data_ptr<scalar_t>() + b * M,
                                   anchor_scale.data_ptr<scalar_t>() + b * M, nullptr, nullptr);
+      if (nn_blend > 0)
+        for (int64_t b = begin; b < end; ++b)
+          blend_nearest<scalar_t>(W.data_ptr<scalar_t>() + b * M * N,
+                                  anchor_scale.data_ptr<scalar_t>() + b * M,
+                                  nearest.const_data_ptr<int64_t>() + b * N,
+                                  s.const_data_ptr<scalar_t>() + b * N, M, N,
+                                  static_cast<scalar_t>(nn_blend));
     });
   });
   // x~ = (x + lam W y) / (1 + lam W 1) = x * anchor_scale + W' y: GEMM 2 of 2, accumulating.

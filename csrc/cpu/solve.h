@@ -12,11 +12,11 @@ struct Solved {
   at::Tensor f, g, iterations, error;  // [B,M], [B,N], [B] int64, [B]
 };
 
-// Log-domain Sinkhorn (SPEC §2) of every problem of cost [B,M,N] (compute dtype, contiguous),
-// marginals a [B,M], s [B,N], in parallel over problems; writes the plan into `plan` ([B,M,N],
-// same dtype) when it is defined.
+// Log-domain Sinkhorn of every problem of cost [B,M,N] (compute dtype, contiguous), marginals
+// a [B,M], s [B,N], in parallel over problems; writes the plan into `plan` ([B,M,N], same dtype)
+// when it is defined. scaling: SPEC §8.4's order and stopping rule instead of SPEC §2's.
 Solved solve_batch(const at::Tensor& cost, const at::Tensor& a, const at::Tensor& s, double eps,
-                   int64_t max_iter, double tol, const at::Tensor& plan);
+                   int64_t max_iter, double tol, const at::Tensor& plan, bool scaling = false);
 
 // One problem, in place on its plan W [M,N]: confidence [N], kept [N], distance, mass [M],
 // anchor_scale [M] = 1/(1 + lam mass), and W overwritten by the aggregation weights scaled per

@@ -24,14 +24,14 @@ int main() {
   auto x = torch::randn({B, M, D}, opts), y = torch::randn({B, N, D}, opts);
 
   // Cosine cost in [0, 2], and equal to 1 - cos for one pair computed by hand.
-  auto C = aot::cosine_cost_cpu(x, y);
+  auto C = aot::cosine_cost_cpu(x, y, std::nullopt, std::nullopt, 0.0);
   const double by_hand =
       1.0 - (x[1][2] * y[1][3]).sum().item<double>() / (x[1][2].norm() * y[1][3].norm()).item<double>();
   expect(std::abs(C[1][2][3].item<double>() - by_hand) < 1e-12, "cosine_cost matches 1 - cos");
   expect(C.min().item<double>() >= 0 && C.max().item<double>() <= 2, "cosine_cost in [0, 2]");
 
   // Converged Sinkhorn: plan has the uniform marginals and reports the error it stopped at.
-  auto [f, g, iters, err] = aot::sinkhorn_cpu(C, std::nullopt, std::nullopt, eps, 1000, 1e-10);
+  auto [f, g, iters, err] = aot::sinkhorn_cpu(C, std::nullopt, std::nullopt, eps, 1000, 1e-10, "marginal");
   auto T = torch::exp((f.unsqueeze(2) + g.unsqueeze(1) - C) / eps);
   expect(torch::allclose(T.sum(1), torch::full({B, N}, 1.0 / N, opts), 0, 1e-12),
          "column marginals exact after each iteration");
@@ -43,23 +43,27 @@ int main() {
   // Padding by zero weight: a padded source gets no mass and changes nothing else.
   auto sw = torch::ones({B, N}, opts);
   sw.index_put_({torch::indexing::Slice(), N - 1}, 0.0);
+  const auto none = std::optional<at::Tensor>();
   auto padded = aot::sinkhorn_aggregate_cpu(x, y, std::nullopt, sw, eps, 1.0, 100, 0.0,
-                                            std::nullopt, std::nullopt);
+                                            std::nullopt, std::nullopt, none, none, 0.0,
+                                            "marginal", 0.0);
   auto trimmed = aot::sinkhorn_aggregate_cpu(
       x, y.index({torch::indexing::Slice(), torch::indexing::Slice(0, N - 1)}), std::nullopt,
-      std::nullopt, eps, 1.0, 100, 0.0, std::nullopt, std::nullopt);
+      std::nullopt, eps, 1.0, 100, 0.0, std::nullopt, std::nullopt, none, none, 0.0, "marginal",
+      0.0);
   expect(torch::allclose(std::get<0>(padded), std::get<0>(trimmed), 0, 1e-12),
          "zero source weight == source removed");
 
   // Through the dispatcher, keep-count mode keeps exactly `keep` sources per problem.
   auto op = c10::Dispatcher::singleton().findSchemaOrThrow("aot::sinkhorn_aggregate", "")
                 .typed<decltype(aot::sinkhorn_aggregate_cpu)>();
-  auto out = op.call(x, y, std::nullopt, std::nullopt, eps, 1.0, 100, 0.0, std::nullopt, 5);
+  auto out = op.call(x, y, std::nullopt, std::nullopt, eps, 1.0, 100, 0.0, std::nullopt, 5, none,
+                     none, 0.0, "marginal", 0.0);
   expect((std::get<3>(out).sum(1) == 5).all().item<bool>(), "keep=5 keeps 5 sources");
 
   // lam = 0 returns the anchors unchanged.
   auto same = op.call(x, y, std::nullopt, std::nullopt, eps, 0.0, 100, 0.0, std::nullopt,
-                      std::nullopt);
+                      std::nullopt, none, none, 0.0, "marginal", 0.0);
   expect(torch::equal(std::get<0>(same), x), "lam = 0 returns the anchors");
 
   // A two-frame clip is one inter-mode step: clip_aggregate == sinkhorn_aggregate(keep) on
@@ -73,7 +77,8 @@ int main() {
                            100, 0.0, std::nullopt, keep);
   auto step = aot::sinkhorn_aggregate_cpu(frames.select(1, 0).narrow(0, 0, 1),
                                           frames.select(1, 1).narrow(0, 0, 1), std::nullopt,
-                                          std::nullopt, eps, 1.0, 100, 0.0, std::nullopt, 3);
+                                          std::nullopt, eps, 1.0, 100, 0.0, std::nullopt, 3, none,
+                                          none, 0.0, "marginal", 0.0);
   expect(torch::allclose(std::get<0>(clip)[0], std::get<0>(step)[0], 0, 1e-12) &&
              torch::equal(std::get<2>(clip)[0][1], std::get<3>(step)[0]),
          "a two-frame clip is one keep-count step");
@@ -87,7 +92,7 @@ int main() {
   // Bad input is a ValueError, not a crash.
   bool threw = false;
   try {
-    aot::sinkhorn_cpu(C, std::nullopt, std::nullopt, -1.0, 10, 0.0);
+    aot::sinkhorn_cpu(C, std::nullopt, std::nullopt, -1.0, 10, 0.0, "marginal");
   } catch (const c10::ValueError&) {
     threw = true;
   }
