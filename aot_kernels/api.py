@@ -155,6 +155,7 @@ def sinkhorn_aggregate(anchors: torch.Tensor, sources: torch.Tensor, *,
                        anchor_pos: Optional[torch.Tensor] = None,
                        source_pos: Optional[torch.Tensor] = None, spatial: float = 0.0,
                        stop: str = "marginal", nn_blend: float = 0.0,
+                       keep_quantile: Optional[float] = None, shift_min: bool = False,
                        return_plan: bool = False, backend: str = "auto",
                        check_values: bool = True) -> AggregateResult:
     """Cosine cost + Sinkhorn + mass-normalised aggregation in one call.
@@ -166,9 +167,13 @@ def sinkhorn_aggregate(anchors: torch.Tensor, sources: torch.Tensor, *,
     lower index), are kept as they are (`kept`); the others are merged with weights p_ij.
     Returns an AggregateResult; `plan` [B,M,N] (rows anchors) only with return_plan=True.
     SPEC §8 options (the authors' pipeline): spatial > 0 adds spatial * |anchor_pos_j -
-    source_pos_i| to the cost (positions [B,M,P], [B,N,P]); stop as in `sinkhorn`; nn_blend in
-    [0, 1] (intra mode) returns (1 - nn_blend) tokens + nn_blend x_NN, x_NN_j the average of
-    anchor j and the sources whose most cosine-similar anchor it is (ties to the lower index).
+    source_pos_i| to the cost (positions [B,M,P], [B,N,P]); shift_min subtracts the cost's
+    minimum over real (anchor, source) pairs (plans unchanged; the scaling vector that
+    stop="scaling" reads is not); stop as in `sinkhorn`; keep_quantile r in [0, 1] (inter mode,
+    instead of tau or keep) keeps the sources whose q_i is below the linear quantile r of the
+    real sources' q; nn_blend in [0, 1] (intra mode) returns (1 - nn_blend) tokens + nn_blend
+    x_NN, x_NN_j the average of anchor j and the sources whose most cosine-similar anchor it is
+    (ties to the lower index).
     Differentiable w.r.t. anchors and sources (tokens, mass, confidence, distance, f, g).
     check_values as in `sinkhorn`.
     """
@@ -182,7 +187,10 @@ def sinkhorn_aggregate(anchors: torch.Tensor, sources: torch.Tensor, *,
     spatial = validate.spatial_term(spatial, anchor_pos, source_pos, "anchor_pos", "source_pos",
                                     b, m, n, anchors.device)
     validate.stop(stop)
-    nn_blend = validate.blend(nn_blend, tau, keep)
+    keep_quantile = validate.quantile(keep_quantile, tau, keep)
+    nn_blend = validate.blend(nn_blend, tau, keep if keep_quantile is None else keep_quantile)
+    if not isinstance(shift_min, bool):
+        raise TypeError(f"shift_min must be a bool, got {type(shift_min).__name__}")
     checks = [(anchors, "anchors", "finite"), (sources, "sources", "finite"),
               (anchor_weight, "anchor_weight", "weight"), (source_weight, "source_weight", "weight"),
               (anchor_pos, "anchor_pos", "finite"), (source_pos, "source_pos", "finite")]
@@ -191,7 +199,8 @@ def sinkhorn_aggregate(anchors: torch.Tensor, sources: torch.Tensor, *,
     validate.values(checks, check_values)
     args = (anchors, sources, anchor_weight, source_weight, float(eps), float(lam),
             int(max_iter), float(tol), None if tau is None else float(tau),
-            None if keep is None else int(keep), anchor_pos, source_pos, spatial, stop, nn_blend)
+            None if keep is None else int(keep), anchor_pos, source_pos, spatial, stop, nn_blend,
+            keep_quantile, shift_min)
     chosen = _resolve(backend, anchors.device)
     if chosen == "cpp" or (chosen == "triton" and _through_op(anchors.device)):
         out = torch.ops.aot.sinkhorn_aggregate(*args)
@@ -201,7 +210,10 @@ def sinkhorn_aggregate(anchors: torch.Tensor, sources: torch.Tensor, *,
         out = composite.sinkhorn_aggregate(*args)
     transport = None
     if return_plan:
-        cost = composite.cosine_cost(anchors, sources, anchor_pos, source_pos, spatial)
+        a, s = composite.marginals(anchor_weight, source_weight, b, m, n,
+                                   composite.compute_dtype(anchors.dtype), anchors.device)
+        _, cost = composite.aggregate_cost(anchors, sources, a, s, anchor_pos, source_pos,
+                                           spatial, shift_min)
         transport = _plan(cost, out[6], out[7], eps)
     return AggregateResult(*out, transport)
 

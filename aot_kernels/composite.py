@@ -135,12 +135,22 @@ def confidence_of(transport: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return torch.where(live, transport.amax(1) / torch.where(live, column, 1.0), 0.0)
 
 
-def select_kept(confidence, s, tau=None, keep=None) -> torch.Tensor:
-    """Dynamic sources [B,N] bool: q < tau, or the `keep` lowest q (ties to the lower index).
-    keep: one count, or a count per problem ([B] int tensor: fixed shapes, no host sync)."""
+def select_kept(confidence, s, tau=None, keep=None, quantile=None) -> torch.Tensor:
+    """Dynamic sources [B,N] bool: q < tau, or the `keep` lowest q (ties to the lower index), or
+    q < the linear `quantile` of the real sources' q (numpy's default; SPEC §8.7). keep: one
+    count, or a count per problem ([B] int tensor: fixed shapes, no host sync)."""
     valid = s > 0
     if tau is not None:
         return valid & (confidence < tau)
+    if quantile is not None:
+        ordered = torch.sort(torch.where(valid, confidence.detach(), float("inf")), dim=1).values
+        count = valid.sum(1, keepdim=True).clamp_min(1)
+        pos = (count - 1).to(ordered.dtype) * quantile
+        lo = pos.floor().long()
+        hi = torch.minimum(lo + 1, count - 1)
+        low = ordered.gather(1, lo)
+        cut = low + (ordered.gather(1, hi) - low) * (pos - lo)
+        return valid & (confidence < cut)
     kept = torch.zeros_like(valid)
     per_problem = isinstance(keep, torch.Tensor)
     if not (per_problem or keep):
@@ -180,21 +190,33 @@ def aggregate(x, y, transport, s, lam: float, kept=None):
     return fold(x, y, merge_weights(transport, s, kept), lam)
 
 
+def aggregate_cost(x, y, a, s, anchor_pos=None, source_pos=None, spatial=0.0, shift_min=False):
+    """(semantic, cost) [B,M,N] of sinkhorn_aggregate: the cosine cost, plus the spatial term,
+    minus (shift_min) its minimum over real (anchor, source) pairs (SPEC §8.4, §8.7)."""
+    semantic = cosine_cost(x, y)
+    cost = semantic if not spatial else semantic + spatial_cost(anchor_pos, source_pos, spatial,
+                                                                semantic.dtype)
+    if shift_min:
+        live = (a > 0).unsqueeze(2) & (s > 0).unsqueeze(1)
+        cost = cost - torch.where(live, cost, float("inf")).amin((1, 2), keepdim=True)
+    return semantic, cost
+
+
 def sinkhorn_aggregate(anchors, sources, anchor_weight, source_weight, eps, lam, max_iter, tol,
                        tau=None, keep=None, anchor_pos=None, source_pos=None, spatial=0.0,
-                       stop="marginal", nn_blend=0.0):
+                       stop="marginal", nn_blend=0.0, keep_quantile=None, shift_min=False):
     """Same contract and outputs as torch.ops.aot.sinkhorn_aggregate, in plain torch."""
     cd = compute_dtype(anchors.dtype)
     x, y = anchors.to(cd), sources.to(cd)
     batch, m, n = x.shape[0], x.shape[1], y.shape[1]
-    semantic = cosine_cost(x, y)
-    cost = semantic if not spatial else semantic + spatial_cost(anchor_pos, source_pos, spatial, cd)
     a, s = marginals(anchor_weight, source_weight, batch, m, n, cd, x.device)
+    semantic, cost = aggregate_cost(x, y, a, s, anchor_pos, source_pos, spatial, shift_min)
     f, g, iterations, error = sinkhorn(cost, a, s, eps, max_iter, tol, stop)
     transport = plan(cost, f, g, eps)
     confidence = confidence_of(transport, s)
-    inter = tau is not None or keep is not None
-    kept = select_kept(confidence, s, tau, keep) if inter else torch.zeros_like(s, dtype=torch.bool)
+    inter = tau is not None or keep is not None or keep_quantile is not None
+    kept = (select_kept(confidence, s, tau, keep, keep_quantile) if inter
+            else torch.zeros_like(s, dtype=torch.bool))
     tokens, mass = aggregate(x, y, transport, s, lam, kept if inter else None)
     if nn_blend:  # intra mode only (validated)
         tokens = (1.0 - nn_blend) * tokens + nn_blend * nearest_anchor_average(x, y, semantic, a, s)

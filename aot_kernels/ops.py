@@ -85,7 +85,8 @@ def _sinkhorn_backward(ctx, grad_f, grad_g, _grad_iterations, _grad_error):
 
 def _aggregate_fake(anchors, sources, anchor_weight=None, source_weight=None, eps=0.1, lam=1.0,
                     max_iter=100, tol=0.0, tau=None, keep=None, anchor_pos=None, source_pos=None,
-                    spatial=0.0, stop="marginal", nn_blend=0.0):
+                    spatial=0.0, stop="marginal", nn_blend=0.0, keep_quantile=None,
+                    shift_min=False):
     b, m, _ = anchors.shape
     n = sources.shape[1]
     return (anchors.new_empty(anchors.shape), anchors.new_empty(b, m), anchors.new_empty(b, n),
@@ -97,10 +98,12 @@ def _aggregate_fake(anchors, sources, anchor_weight=None, source_weight=None, ep
 def _aggregate_setup(ctx, inputs, output):
     # inputs holds every schema argument, defaults filled in.
     (anchors, sources, anchor_weight, source_weight, eps, lam, _, _, tau, keep, anchor_pos,
-     source_pos, spatial, _, nn_blend) = inputs
+     source_pos, spatial, _, nn_blend, keep_quantile, shift_min) = inputs
     _, _, _, kept, _, iterations, f, g, error = output
-    ctx.eps, ctx.lam, ctx.inter = eps, lam, tau is not None or keep is not None
-    ctx.spatial, ctx.positions, ctx.nn_blend = spatial, (anchor_pos, source_pos), nn_blend
+    ctx.eps, ctx.lam = eps, lam
+    ctx.inter = tau is not None or keep is not None or keep_quantile is not None
+    ctx.cost_options = (anchor_pos, source_pos, spatial, shift_min)
+    ctx.nn_blend = nn_blend
     ctx.mark_non_differentiable(kept, iterations, error)
     ctx.weights = (anchor_weight, source_weight)
     ctx.save_for_backward(anchors, sources, f, g, kept)
@@ -117,10 +120,8 @@ def _aggregate_backward(ctx, g_tokens, g_mass, g_confidence, _g_kept, g_distance
     with torch.enable_grad():
         x = anchors.detach().to(cd).requires_grad_()
         y = sources.detach().to(cd).requires_grad_()
-        semantic = composite.cosine_cost(x, y)
-        cost = semantic if not ctx.spatial else semantic + composite.spatial_cost(
-            *ctx.positions, ctx.spatial, cd)
         a, s = composite.marginals(*ctx.weights, x.shape[0], x.shape[1], y.shape[1], cd, x.device)
+        semantic, cost = composite.aggregate_cost(x, y, a, s, *ctx.cost_options)
         f_, g_ = ImplicitPotentials.apply(cost, f.to(cd), g.to(cd), ctx.eps)
         transport = composite.plan(cost, f_, g_, ctx.eps)
         tokens, mass = composite.aggregate(x, y, transport, s, ctx.lam, kept if ctx.inter else None)
@@ -137,7 +138,7 @@ def _aggregate_backward(ctx, g_tokens, g_mass, g_confidence, _g_kept, g_distance
         gx, gy = torch.autograd.grad(outs, (x, y), grads, allow_unused=True)
     gx = torch.zeros_like(anchors) if gx is None else gx.to(anchors.dtype)
     gy = torch.zeros_like(sources) if gy is None else gy.to(sources.dtype)
-    return (gx, gy) + (None,) * 13
+    return (gx, gy) + (None,) * 15
 
 
 # ---- clip_aggregate --------------------------------------------------------------------------

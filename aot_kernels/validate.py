@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Optional
 
 import torch
 
@@ -197,6 +198,18 @@ def spatial_term(spatial, x_pos, y_pos, xname: str, yname: str, batch: int, m: i
     if x_pos.shape[2] != y_pos.shape[2]:
         raise ValueError(f"{xname} and {yname} have different P: {x_pos.shape[2]} and {y_pos.shape[2]}")
     return weight
+
+
+def quantile(keep_quantile, tau, keep) -> Optional[float]:
+    """keep_quantile in [0, 1] (SPEC §8.7's inter-mode rule), instead of tau or keep."""
+    if keep_quantile is None:
+        return None
+    value = _real(keep_quantile, "keep_quantile")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"keep_quantile must be in [0, 1], got {keep_quantile}")
+    if tau is not None or keep is not None:
+        raise ValueError("give one of tau, keep and keep_quantile")
+    return value
 
 
 def blend(nn_blend, tau, keep) -> float:

@@ -32,7 +32,8 @@ sinkhorn_aggregate_cpu(const at::Tensor& anchors, const at::Tensor& sources,
                        int64_t max_iter, double tol, std::optional<double> tau,
                        std::optional<int64_t> keep, const std::optional<at::Tensor>& anchor_pos,
                        const std::optional<at::Tensor>& source_pos, double spatial,
-                       c10::string_view stop, double nn_blend);
+                       c10::string_view stop, double nn_blend,
+                       std::optional<double> keep_quantile, bool shift_min);
 
 // Inter-frame scan of whole clips (SPEC §5): frames [C,L,M,D], lengths [C], sizes [C,L,M],
 // anchor_weight [C,M], tau or keep [C,L] -> (anchors [C,M,D], sizes [C,M], kept [C,L,M] bool,

@@ -149,8 +149,8 @@ def spatial_cost(anchor_pos, source_pos, weight: float) -> np.ndarray:
 
 def sinkhorn_aggregate(anchors, sources, anchor_weight=None, source_weight=None, eps=0.1,
                        lam=1.0, max_iter=100, tol=0.0, tau=None, keep=None, anchor_pos=None,
-                       source_pos=None, spatial=0.0, stop="marginal",
-                       nn_blend=0.0) -> AggregateResult:
+                       source_pos=None, spatial=0.0, stop="marginal", nn_blend=0.0,
+                       keep_quantile=None, shift_min=False) -> AggregateResult:
     """Cost + Sinkhorn + aggregation for one (anchors [M,D], sources [N,D]) problem.
 
     Intra mode (SPEC §3, Eq. 11) when tau and keep are None:
@@ -158,22 +158,26 @@ def sinkhorn_aggregate(anchors, sources, anchor_weight=None, source_weight=None,
     Inter mode (SPEC §5, Eq. 13-16) with a threshold tau or a keep count:
         p_ij = T_ji / sum_j' T_j'i, q_i = max_j p_ij; dynamic sources (q_i < tau, or the `keep`
         lowest q, ties to the lower index) are kept; the stable ones are merged with weights p.
-    SPEC §8 options: the cost gains spatial * |p_j - p_i| (positions [M,P], [N,P]); `stop` as in
-    `sinkhorn`; nn_blend (intra mode) returns (1 - nn_blend) x~_j + nn_blend x_NN_j with
-    x_NN_j = (x_j + sum_{nn(i)=j} y_i) / (1 + #{i: nn(i)=j}), nn(i) = the real anchor of highest
-    cosine to the real source i (ties to the lower index).
+    SPEC §8 options: the cost gains spatial * |p_j - p_i| (positions [M,P], [N,P]); shift_min
+    subtracts the cost's minimum over real (anchor, source) pairs; `stop` as in `sinkhorn`;
+    keep_quantile r (inter mode, §8.7) keeps the real sources with q_i < the linear quantile r of
+    the real sources' q; nn_blend (intra mode) returns (1 - nn_blend) x~_j + nn_blend x_NN_j
+    with x_NN_j = (x_j + sum_{nn(i)=j} y_i) / (1 + #{i: nn(i)=j}), nn(i) = the real anchor of
+    highest cosine to the real source i (ties to the lower index).
     """
     x = np.asarray(anchors, dtype=np.float64)
     y = np.asarray(sources, dtype=np.float64)
     m, n = x.shape[0], y.shape[0]
-    if tau is not None and keep is not None:
-        raise ValueError("give tau or keep, not both")
+    if sum(v is not None for v in (tau, keep, keep_quantile)) > 1:
+        raise ValueError("give one of tau, keep and keep_quantile")
     semantic = cosine_cost(x, y)
     cost = semantic if spatial == 0 else semantic + spatial_cost(anchor_pos, source_pos, spatial)
-    sk = sinkhorn(cost, anchor_weight, source_weight, eps, max_iter, tol, stop)
-    plan = sk.plan
     a, s = marginals(anchor_weight, source_weight, m, n)
     valid = s > 0
+    if shift_min:
+        cost = cost - min(cost[j, i] for j in range(m) for i in range(n) if a[j] > 0 and valid[i])
+    sk = sinkhorn(cost, anchor_weight, source_weight, eps, max_iter, tol, stop)
+    plan = sk.plan
 
     column = plan.sum(axis=0)
     p = np.zeros((m, n))
@@ -193,8 +197,16 @@ def sinkhorn_aggregate(anchors, sources, anchor_weight=None, source_weight=None,
             raise ValueError("keep exceeds the number of non-padded sources")
         for _, i in candidates[:keep]:
             kept[i] = True
+    elif keep_quantile is not None:
+        live = sorted(confidence[i] for i in range(n) if valid[i])
+        pos = (len(live) - 1) * keep_quantile  # numpy's default: linear between order statistics
+        lo = int(np.floor(pos))
+        hi = min(lo + 1, len(live) - 1)
+        cut = live[lo] + (live[hi] - live[lo]) * (pos - lo)
+        for i in range(n):
+            kept[i] = valid[i] and confidence[i] < cut
 
-    inter = tau is not None or keep is not None
+    inter = tau is not None or keep is not None or keep_quantile is not None
     if inter and nn_blend:
         raise ValueError("nn_blend applies to intra mode")
     weight = np.zeros((m, n))

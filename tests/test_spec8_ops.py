@@ -1,6 +1,7 @@
 """SPEC §8's op options (the authors' pipeline) on every backend against the float64 reference:
-the spatial cost term, stop="scaling" (source scaling first, stop on its mean change) and the
-nearest-anchor blend; and the authors' intra-frame step as one sinkhorn_aggregate call."""
+the spatial cost term, stop="scaling" (source scaling first, stop on its mean change), the
+nearest-anchor blend, the quantile rule and the cost shift; and the authors' intra-frame and
+inter-frame steps as one sinkhorn_aggregate call each."""
 import warnings
 
 import numpy as np
@@ -22,6 +23,9 @@ SAMPLES = [  # (B, M, N, D, options)
     (2, 9, 14, 8, dict(spatial=0.3, keep=4, weights="pad")),
     (2, 9, 14, 8, dict(stop="scaling", tol=1e-3, tau=0.5, weights="random")),
     (2, 9, 14, 8, dict(nn_blend=0.5, spatial=1.0, weights="pad")),
+    (3, 9, 14, 8, dict(keep_quantile=0.3, shift_min=True, stop="scaling", tol=1e-2, eps=0.17)),
+    (2, 9, 14, 8, dict(keep_quantile=0.1, weights="pad")),
+    (2, 9, 14, 8, dict(shift_min=True, spatial=0.5, weights="pad")),
 ]
 FIELDS = ("tokens", "mass", "confidence", "distance", "f", "g", "plan")
 
@@ -125,12 +129,31 @@ def test_the_authors_intra_step_is_one_call(backend):
     assert max_err(out.tokens[0], want) < 1e-12
 
 
-@pytest.mark.parametrize("sample", [SAMPLES[0], SAMPLES[3], SAMPLES[4]], ids=name)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("step", [1, 2, 3])
+def test_the_authors_inter_step_is_one_call(backend, step):
+    """SPEC §8.7: the reference's time-scaled step (cost (c - min c)(1 - exp(-l^2/4.5)) at eps
+    0.1) == sinkhorn_aggregate with shift_min at eps 0.1 / (1 - exp(-l^2/4.5)), stop="scaling",
+    keep_quantile."""
+    rng = np.random.default_rng(step)
+    x = rng.normal(size=(10, 12))
+    y = x[rng.integers(0, 10, 13)] + 0.5 * rng.normal(size=(13, 12))
+    want, dynamic, q, solved = A.inter_step(x, y, step, 0.3)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).unsqueeze(0)  # noqa: E731
+    out = ak.sinkhorn_aggregate(t(x), t(y), eps=0.1 / A.time_factor(step), shift_min=True,
+                                stop="scaling", tol=A.STOP_TOL, keep_quantile=0.3, backend=backend)
+    assert out.iterations.item() == solved.iterations
+    assert np.array_equal(out.kept[0].numpy(), dynamic)
+    assert max_err(out.tokens[0], want) < 1e-10 and max_err(out.confidence[0], q) < 1e-10
+
+
+@pytest.mark.parametrize("sample", [SAMPLES[0], SAMPLES[3], SAMPLES[4], SAMPLES[8]], ids=name)
 def test_opcheck(sample):
     x, y, aw, sw, pa, ps, kw = make(sample)
-    args = (x.requires_grad_(), y.requires_grad_(), aw, sw, 0.1, 1.0, kw.get("max_iter", 100),
-            kw.get("tol", 0.0), None, None, pa, ps, kw.get("spatial", 0.0),
-            kw.get("stop", "marginal"), kw.get("nn_blend", 0.0))
+    args = (x.requires_grad_(), y.requires_grad_(), aw, sw, kw.get("eps", 0.1), 1.0,
+            kw.get("max_iter", 100), kw.get("tol", 0.0), None, None, pa, ps,
+            kw.get("spatial", 0.0), kw.get("stop", "marginal"), kw.get("nn_blend", 0.0),
+            kw.get("keep_quantile"), kw.get("shift_min", False))
     torch.library.opcheck(torch.ops.aot.sinkhorn_aggregate, args)
     torch.library.opcheck(torch.ops.aot.cosine_cost, (x, y, pa, ps, kw.get("spatial", 0.0)))
 
@@ -167,6 +190,10 @@ def test_bad_options_are_named():
         (dict(stop="rows"), ValueError, "stop must be one of"),
         (dict(nn_blend=1.5), ValueError, "nn_blend must be in"),
         (dict(nn_blend=0.1, keep=2), ValueError, "nn_blend applies to intra mode"),
+        (dict(nn_blend=0.1, keep_quantile=0.3), ValueError, "nn_blend applies to intra mode"),
+        (dict(keep_quantile=1.5), ValueError, "keep_quantile must be in"),
+        (dict(keep_quantile=0.3, tau=0.5), ValueError, "give one of tau, keep and keep_quantile"),
+        (dict(shift_min=1), TypeError, "shift_min must be a bool"),
     ]
     for kw, exc, match in cases:
         with pytest.raises(exc, match=match):

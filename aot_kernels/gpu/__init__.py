@@ -52,7 +52,8 @@ def _guarded(launcher, fallback, *args):
 
 
 def _torch_for_spec8(op: str) -> None:
-    """SPEC §8's options (spatial cost term, stop="scaling", nn_blend) have no Triton kernels
+    """SPEC §8's options (spatial cost term, stop="scaling", nn_blend, keep_quantile, shift_min)
+    have no Triton kernels
     yet: such calls run the torch backend on the GPU, and say so once."""
     if ("spec8", op) not in _warned:
         _warned.add(("spec8", op))
@@ -82,12 +83,12 @@ def sinkhorn(cost, anchor_weight, source_weight, eps, max_iter, tol, stop="margi
 
 def sinkhorn_aggregate(anchors, sources, anchor_weight, source_weight, eps, lam, max_iter, tol,
                        tau=None, keep=None, anchor_pos=None, source_pos=None, spatial=0.0,
-                       stop="marginal", nn_blend=0.0):
-    if spatial or stop != "marginal" or nn_blend:
+                       stop="marginal", nn_blend=0.0, keep_quantile=None, shift_min=False):
+    if spatial or stop != "marginal" or nn_blend or keep_quantile is not None or shift_min:
         _torch_for_spec8("sinkhorn_aggregate")
         return composite.sinkhorn_aggregate(anchors, sources, anchor_weight, source_weight, eps,
                                             lam, max_iter, tol, tau, keep, anchor_pos, source_pos,
-                                            spatial, stop, nn_blend)
+                                            spatial, stop, nn_blend, keep_quantile, shift_min)
     return _guarded(_sinkhorn_mod.sinkhorn_aggregate, composite.sinkhorn_aggregate, anchors,
                     sources, anchor_weight, source_weight, eps, lam, max_iter, tol, tau, keep)
 

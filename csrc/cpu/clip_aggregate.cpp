@@ -109,6 +109,7 @@ clip_aggregate_cpu(const at::Tensor& frames, const at::Tensor& lengths, const at
           plan_to_weights<scalar_t>(
               W.data_ptr<scalar_t>() + b * M * M, cost.const_data_ptr<scalar_t>() + b * M * M,
               s_b.const_data_ptr<scalar_t>() + b * M, M, M, static_cast<scalar_t>(lam), tau, count,
+              std::nullopt,
               conf_b.data_ptr<scalar_t>() + b * M, kept_b.data_ptr<bool>() + b * M,
               distance.data_ptr<scalar_t>() + b, mass.data_ptr<scalar_t>() + b * M,
               anchor_scale.data_ptr<scalar_t>() + b * M,

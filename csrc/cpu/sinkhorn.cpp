@@ -332,9 +332,9 @@ Solved solve_batch(const at::Tensor& cost, const at::Tensor& a, const at::Tensor
 // x * anchor_scale + W' y with anchor_scale_j = 1 / (1 + lam m_j): one pass and one GEMM.
 template <typename T>
 void plan_to_weights(T* W, const T* C, const T* s, int64_t M, int64_t N, T lam,
-                     std::optional<double> tau, std::optional<int64_t> keep, T* confidence,
-                     bool* kept, T* distance, T* mass, T* anchor_scale, const T* source_sizes,
-                     T* carried) {
+                     std::optional<double> tau, std::optional<int64_t> keep,
+                     std::optional<double> keep_quantile, T* confidence, bool* kept, T* distance,
+                     T* mass, T* anchor_scale, const T* source_sizes, T* carried) {
   std::vector<T> column(N, T(0));
   std::vector<T> top(N, T(0));
   double dist = 0;  // sum over M*N terms: double keeps fp32 outputs at rounding level
@@ -350,7 +350,7 @@ void plan_to_weights(T* W, const T* C, const T* s, int64_t M, int64_t N, T lam,
     confidence[i] = (s[i] > 0 && column[i] > 0) ? top[i] / column[i] : T(0);
     kept[i] = false;
   }
-  const bool inter = tau.has_value() || keep.has_value();
+  const bool inter = tau.has_value() || keep.has_value() || keep_quantile.has_value();
   if (tau.has_value()) {
     for (int64_t i = 0; i < N; ++i) kept[i] = s[i] > 0 && confidence[i] < static_cast<T>(*tau);
   } else if (keep.has_value()) {
@@ -363,6 +363,19 @@ void plan_to_weights(T* W, const T* C, const T* s, int64_t M, int64_t N, T lam,
     std::stable_sort(order.begin(), order.end(),
                      [&](int64_t l, int64_t r) { return confidence[l] < confidence[r]; });
     for (int64_t k = 0; k < *keep; ++k) kept[order[k]] = true;
+  } else if (keep_quantile.has_value()) {
+    // SPEC §8.7: q_i below the linear quantile of the real sources' q (numpy's default).
+    std::vector<T> live;
+    for (int64_t i = 0; i < N; ++i)
+      if (s[i] > 0) live.push_back(confidence[i]);
+    std::sort(live.begin(), live.end());
+    if (!live.empty()) {
+      const double pos = static_cast<double>(live.size() - 1) * *keep_quantile;
+      const size_t lo = static_cast<size_t>(std::floor(pos));
+      const size_t hi = std::min(lo + 1, live.size() - 1);
+      const T cut = live[lo] + (live[hi] - live[lo]) * static_cast<T>(pos - static_cast<double>(lo));
+      for (int64_t i = 0; i < N; ++i) kept[i] = s[i] > 0 && confidence[i] < cut;
+    }
   }
   if (inter) {
     for (int64_t i = 0; i < N; ++i) column[i] = (s[i] > 0 && !kept[i] && column[i] > 0) ? T(1) / column[i] : T(0);
@@ -386,12 +399,13 @@ void plan_to_weights(T* W, const T* C, const T* s, int64_t M, int64_t N, T lam,
 }
 
 template void plan_to_weights<float>(float*, const float*, const float*, int64_t, int64_t, float,
-                                     std::optional<double>, std::optional<int64_t>, float*, bool*,
-                                     float*, float*, float*, const float*, float*);
+                                     std::optional<double>, std::optional<int64_t>,
+                                     std::optional<double>, float*, bool*, float*, float*, float*,
+                                     const float*, float*);
 template void plan_to_weights<double>(double*, const double*, const double*, int64_t, int64_t,
                                       double, std::optional<double>, std::optional<int64_t>,
-                                      double*, bool*, double*, double*, double*, const double*,
-                                      double*);
+                                      std::optional<double>, double*, bool*, double*, double*,
+                                      double*, const double*, double*);
 
 namespace {
 
@@ -457,14 +471,21 @@ sinkhorn_aggregate_cpu(const at::Tensor& anchors, const at::Tensor& sources,
                        int64_t max_iter, double tol, std::optional<double> tau,
                        std::optional<int64_t> keep, const std::optional<at::Tensor>& anchor_pos,
                        const std::optional<at::Tensor>& source_pos, double spatial,
-                       c10::string_view stop, double nn_blend) {
+                       c10::string_view stop, double nn_blend, std::optional<double> keep_quantile,
+                       bool shift_min) {
   check_pair(anchors, sources, "anchors", "sources");
   const bool scaling = scaling_stop(stop);
   TORCH_CHECK_VALUE(std::isfinite(spatial) && spatial >= 0,
                     "spatial must be a finite number >= 0, got ", spatial);
   TORCH_CHECK_VALUE(nn_blend >= 0 && nn_blend <= 1, "nn_blend must be in [0, 1], got ", nn_blend);
-  TORCH_CHECK_VALUE(nn_blend == 0 || !(tau.has_value() || keep.has_value()),
-                    "nn_blend applies to intra mode (no tau or keep)");
+  TORCH_CHECK_VALUE((tau.has_value() + keep.has_value() + keep_quantile.has_value()) <= 1,
+                    "give one of tau, keep and keep_quantile");
+  if (keep_quantile.has_value())
+    TORCH_CHECK_VALUE(*keep_quantile >= 0 && *keep_quantile <= 1,
+                      "keep_quantile must be in [0, 1], got ", *keep_quantile);
+  TORCH_CHECK_VALUE(nn_blend == 0 || !(tau.has_value() || keep.has_value() ||
+                                       keep_quantile.has_value()),
+                    "nn_blend applies to intra mode (no tau, keep or keep_quantile)");
   TORCH_CHECK_VALUE(anchors.scalar_type() == sources.scalar_type(),
                     "anchors and sources must have the same dtype, got ", anchors.scalar_type(),
                     " and ", sources.scalar_type());
@@ -495,6 +516,12 @@ sinkhorn_aggregate_cpu(const at::Tensor& anchors, const at::Tensor& sources,
     });
   }
   if (spatial != 0) add_spatial_cost(C, anchor_pos, source_pos, spatial, "anchor_pos", "source_pos");
+  if (shift_min) {  // C -= its minimum over real (anchor, source) pairs, per problem (SPEC §8.7)
+    auto live = (a > 0).unsqueeze(2).logical_and((s > 0).unsqueeze(1));
+    auto low = C.masked_fill(live.logical_not(), std::numeric_limits<double>::infinity())
+                   .amin({1, 2}, /*keepdim=*/true);
+    C.sub_(low);
+  }
 
   auto W = at::empty({B, M, N}, x.options());
   auto r = solve_batch(C, a, s, eps, max_iter, tol, W, scaling);
@@ -510,7 +537,7 @@ sinkhorn_aggregate_cpu(const at::Tensor& anchors, const at::Tensor& sources,
         plan_to_weights<scalar_t>(W.data_ptr<scalar_t>() + b * M * N,
                                   C.const_data_ptr<scalar_t>() + b * M * N,
                                   s.const_data_ptr<scalar_t>() + b * N, M, N,
-                                  static_cast<scalar_t>(lam), tau, keep,
+                                  static_cast<scalar_t>(lam), tau, keep, keep_quantile,
                                   confidence.data_ptr<scalar_t>() + b * N,
                                   kept.data_ptr<bool>() + b * N, distance.data_ptr<scalar_t>() + b,
                                   mass.data_ptr<scalar_t>() + b * M,

@@ -20,12 +20,12 @@ Solved solve_batch(const at::Tensor& cost, const at::Tensor& a, const at::Tensor
 
 // One problem, in place on its plan W [M,N]: confidence [N], kept [N], distance, mass [M],
 // anchor_scale [M] = 1/(1 + lam mass), and W overwritten by the aggregation weights scaled per
-// row by lam anchor_scale (tokens = x anchor_scale + W y). Intra mode when tau and keep are
-// empty. With source_sizes [N], carried [M] receives sum_i W_ji size_i (before row scaling).
+// row by lam anchor_scale (tokens = x anchor_scale + W y). Intra mode when tau, keep and
+// keep_quantile are empty. With source_sizes [N], carried [M] receives sum_i W_ji size_i (before row scaling).
 template <typename T>
 void plan_to_weights(T* W, const T* C, const T* s, int64_t M, int64_t N, T lam,
-                     std::optional<double> tau, std::optional<int64_t> keep, T* confidence,
-                     bool* kept, T* distance, T* mass, T* anchor_scale, const T* source_sizes,
-                     T* carried);
+                     std::optional<double> tau, std::optional<int64_t> keep,
+                     std::optional<double> keep_quantile, T* confidence, bool* kept, T* distance,
+                     T* mass, T* anchor_scale, const T* source_sizes, T* carried);
 
 }  // namespace aot

@@ -46,11 +46,11 @@ int main() {
   const auto none = std::optional<at::Tensor>();
   auto padded = aot::sinkhorn_aggregate_cpu(x, y, std::nullopt, sw, eps, 1.0, 100, 0.0,
                                             std::nullopt, std::nullopt, none, none, 0.0,
-                                            "marginal", 0.0);
+                                            "marginal", 0.0, std::nullopt, false);
   auto trimmed = aot::sinkhorn_aggregate_cpu(
       x, y.index({torch::indexing::Slice(), torch::indexing::Slice(0, N - 1)}), std::nullopt,
       std::nullopt, eps, 1.0, 100, 0.0, std::nullopt, std::nullopt, none, none, 0.0, "marginal",
-      0.0);
+      0.0, std::nullopt, false);
   expect(torch::allclose(std::get<0>(padded), std::get<0>(trimmed), 0, 1e-12),
          "zero source weight == source removed");
 
@@ -58,12 +58,12 @@ int main() {
   auto op = c10::Dispatcher::singleton().findSchemaOrThrow("aot::sinkhorn_aggregate", "")
                 .typed<decltype(aot::sinkhorn_aggregate_cpu)>();
   auto out = op.call(x, y, std::nullopt, std::nullopt, eps, 1.0, 100, 0.0, std::nullopt, 5, none,
-                     none, 0.0, "marginal", 0.0);
+                     none, 0.0, "marginal", 0.0, std::nullopt, false);
   expect((std::get<3>(out).sum(1) == 5).all().item<bool>(), "keep=5 keeps 5 sources");
 
   // lam = 0 returns the anchors unchanged.
   auto same = op.call(x, y, std::nullopt, std::nullopt, eps, 0.0, 100, 0.0, std::nullopt,
-                      std::nullopt, none, none, 0.0, "marginal", 0.0);
+                      std::nullopt, none, none, 0.0, "marginal", 0.0, std::nullopt, false);
   expect(torch::equal(std::get<0>(same), x), "lam = 0 returns the anchors");
 
   // A two-frame clip is one inter-mode step: clip_aggregate == sinkhorn_aggregate(keep) on
@@ -78,7 +78,7 @@ int main() {
   auto step = aot::sinkhorn_aggregate_cpu(frames.select(1, 0).narrow(0, 0, 1),
                                           frames.select(1, 1).narrow(0, 0, 1), std::nullopt,
                                           std::nullopt, eps, 1.0, 100, 0.0, std::nullopt, 3, none,
-                                          none, 0.0, "marginal", 0.0);
+                                          none, 0.0, "marginal", 0.0, std::nullopt, false);
   expect(torch::allclose(std::get<0>(clip)[0], std::get<0>(step)[0], 0, 1e-12) &&
              torch::equal(std::get<2>(clip)[0][1], std::get<3>(step)[0]),
          "a two-frame clip is one keep-count step");
