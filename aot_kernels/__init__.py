@@ -15,6 +15,7 @@ from . import clips, flops
 from .api import (AggregateResult, ClipResult, SinkhornResult, clip_aggregate, cosine_cost,
                   sinkhorn, sinkhorn_aggregate)
 from .ops import EXTENSION_ERROR, HAS_EXTENSION
+from .authors import AuthorsAOTReducer
 from .reducer import AOTReducer
 from .selection import Anchors, select_anchors
 from .video import ReducedVideo
@@ -31,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AggregateResult", "SinkhornResult", "ClipResult", "cosine_cost", "sinkhorn",
     "sinkhorn_aggregate", "clip_aggregate",
-    "Anchors", "select_anchors", "clips", "flops", "AOTReducer", "ReducedVideo",
+    "Anchors", "select_anchors", "clips", "flops", "AOTReducer", "AuthorsAOTReducer",
+    "ReducedVideo",
     "HAS_EXTENSION", "EXTENSION_ERROR", "__version__",
 ]

@@ -58,6 +58,9 @@ def window_quotas(sizes: Sequence[int], k_local: int) -> List[int]:
     return taken
 
 
+WINDOW_RULES = ("spread", "released")
+
+
 def _top_mask(key: torch.Tensor, count: int) -> torch.Tensor:
     """Mask [F,L] of the `count` largest keys per row, ties to the lower index (stable sort)."""
     mask = torch.zeros(key.shape, dtype=torch.bool, device=key.device)
@@ -69,7 +72,8 @@ def _top_mask(key: torch.Tensor, count: int) -> torch.Tensor:
 
 def select_anchors(scores: torch.Tensor, local_scores: Optional[torch.Tensor] = None, *,
                    grid: Tuple[int, int], windows: Tuple[int, int] = (2, 2),
-                   num_anchors: int, check_values: bool = True) -> Anchors:
+                   num_anchors: int, check_values: bool = True,
+                   window_rule: str = "spread") -> Anchors:
     """Pick M anchors per frame (SPEC §4).
 
     scores [F,N]: global importance (e.g. mean attention each token receives, last layer);
@@ -79,7 +83,11 @@ def select_anchors(scores: torch.Tensor, local_scores: Optional[torch.Tensor] = 
     score inside each), then M - K_l global anchors are the top scores among the rest. Ties go
     to the lower token index. Batched over frames: fixed-size sorts and scatters, so nothing
     waits for the device. check_values: NaN/inf in the scores (one host sync); False skips it.
+    window_rule="released" is SPEC §8.3 instead: every window takes floor(K_l / #windows) (the
+    remainder is dropped), so a frame gets #windows * floor(K_l / #windows) + M - K_l anchors.
     """
+    if window_rule not in WINDOW_RULES:
+        raise ValueError(f"window_rule must be one of {WINDOW_RULES}, got {window_rule!r}")
     validate.features(scores, "scores", rank=2, what="[F, N]")
     h, w = validate.pair_of_ints(grid, "grid")
     wh, ww = validate.pair_of_ints(windows, "windows")
@@ -104,7 +112,11 @@ def select_anchors(scores: torch.Tensor, local_scores: Optional[torch.Tensor] = 
 
     k_local = num_anchors // 2
     members = window_members((h, w), (wh, ww))
-    quotas = window_quotas([len(m) for m in members], k_local)
+    if window_rule == "spread":
+        quotas = window_quotas([len(m) for m in members], k_local)
+    else:
+        quotas = [min(k_local // len(members), len(m)) for m in members]
+    count = sum(quotas) + num_anchors - k_local
     indices = _WINDOWS.get((h, w, wh, ww), scores, lambda device: [
         torch.as_tensor(idx, dtype=torch.long, device=device) for idx in members])
     chosen = torch.zeros(frames, n, dtype=torch.bool, device=scores.device)
@@ -115,4 +127,4 @@ def select_anchors(scores: torch.Tensor, local_scores: Optional[torch.Tensor] = 
     chosen |= _top_mask(rest, num_anchors - k_local)
     # Anchors first, each group in ascending index order (stable sort of the mask).
     order = torch.sort((~chosen).to(torch.int8), dim=1, stable=True).indices
-    return Anchors(order[:, :num_anchors], order[:, num_anchors:])
+    return Anchors(order[:, :count], order[:, count:])
