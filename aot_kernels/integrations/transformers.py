@@ -18,6 +18,11 @@ and Qwen2_5_VLForConditionalGeneration, transformers TESTED_TRANSFORMERS. On eve
    3-D M-RoPE positions, gathered from the full prompt's. Generation then runs on the shortened
    prompt, so positions and the KV cache are consistent by construction.
 
+With an AuthorsAOTReducer (SPEC §8, LLaVA-OneVision / LLaVA-Video), step 1 stops after the
+projector: the reducer gets the un-pooled features [F, 27*27, D] and the scores of layers 5 and
+24 (summed over queries, heads averaged, not pooled), pools itself and keeps a data-dependent
+count per video; steps 2-3 are the same.
+
 Scores (SPEC §4; SigLIP and the Qwen2.5-VL ViT have no [CLS]): the mean attention each patch
 receives, heads averaged, in the layer whose output the features come from (global) and in a
 shallow layer (local, `local_layer`), pooled like the features (LLaVA-OneVision: 2x2 bilinear;
@@ -116,7 +121,7 @@ def _layer_of(feature_layer, depth: int) -> int:
 class _LlavaOnevision:
     """What the patch needs to know about LlavaOnevisionForConditionalGeneration."""
 
-    def __init__(self, model, local_layer):
+    def __init__(self, model, local_layer, score_layers="auto"):
         self.model = model
         self.tower = model.model.vision_tower
         self.layers = self.tower.encoder.layers
@@ -124,6 +129,14 @@ class _LlavaOnevision:
         self.local_layer = depth // 4 if local_layer == "auto" else local_layer
         if self.local_layer is not None and not -depth <= self.local_layer < depth:
             raise ValueError(f"local_layer={local_layer} is outside the vision tower's {depth} layers")
+        # SPEC §8.2: layers 5 and 24 of the 26 the LLaVA checkpoints keep, scaled to this depth.
+        if score_layers == "auto":
+            score_layers = (5 * depth // 26, 24 * depth // 26)
+        if (not isinstance(score_layers, (tuple, list)) or len(score_layers) != 2
+                or not all(isinstance(i, int) and -depth <= i < depth for i in score_layers)):
+            raise ValueError(f"score_layers must be (local, global) layer indices of the vision "
+                             f"tower's {depth} layers, got {score_layers!r}")
+        self.score_layers = tuple(i % depth for i in score_layers)
 
     def reduce(self, reducer, kwargs, left: bool) -> dict:
         model, cfg = self.model, self.model.config
@@ -154,7 +167,52 @@ class _LlavaOnevision:
         local = pool(got["local"]) if "local" in got else None
         reduced = reducer([f for f in features], [s for s in scores],
                           None if local is None else [s for s in local], grid=(side, side))
-        pieces = [torch.cat([r.tokens.to(pooled.dtype), pooled[i, -1:]]) for i, r in enumerate(reduced)]
+        return self._hand_over(kwargs, places, reduced, pooled[:, -1:], left)
+
+    def reduce_authors(self, reducer, kwargs, left: bool) -> dict:
+        """SPEC §8: the reducer takes the un-pooled features after the projector and the local
+        and global scores (attention each patch receives, summed over queries, heads averaged)
+        and pools itself; the model's own pooling is not run."""
+        model, cfg = self.model, self.model.config
+        video = kwargs.pop("pixel_values_videos")
+        side = cfg.vision_config.image_size // cfg.vision_config.patch_size
+        pooled_side = math.ceil(side / 2)
+        places = _placeholders(kwargs, cfg.video_token_id,
+                               [video.shape[1] * pooled_side * pooled_side + 1])
+        layer = kwargs.get("vision_feature_layer") or cfg.vision_feature_layer
+        strategy = kwargs.get("vision_feature_select_strategy") or cfg.vision_feature_select_strategy
+        local, global_ = self.score_layers
+        with _capture_scores(self.layers, {"local": local, "global": global_},
+                             _siglip_received) as got:
+            out = model.model.vision_tower(video.flatten(0, 1), output_hidden_states=True,
+                                           return_dict=True)
+        if isinstance(layer, int):
+            hidden = out.hidden_states[layer]
+        else:
+            hidden = torch.cat([out.hidden_states[i] for i in layer], dim=-1)
+        if strategy == "default":
+            hidden = hidden[:, 1:]
+        unpooled = model.model.multi_modal_projector(hidden)  # [B*F, P, D], before pooling
+        b, frames = video.shape[:2]
+        patches = unpooled.shape[1]
+        if patches != side * side:
+            raise ValueError(f"the tower gave {patches} patches per frame, not {side}x{side}")
+
+        def total(score):  # mean over queries -> sum over queries (SPEC §8.2), strategy applied
+            score = score[:, 1:] if strategy == "default" else score
+            return (score * score.shape[1]).reshape(b, frames, patches)
+
+        features = unpooled.reshape(b, frames, patches, -1)
+        reduced = reducer([f for f in features], [s for s in total(got["global"])],
+                          [s for s in total(got["local"])], grid=(side, side))
+        newline = model.model.image_newline[None, None, :].expand(b, 1, -1).to(unpooled)
+        return self._hand_over(kwargs, places, reduced, newline, left)
+
+    def _hand_over(self, kwargs, places, reduced, newline, left: bool) -> dict:
+        """Shorten the prompt to each video's reduced tokens + its newline, and give the model
+        those embeddings in placeholder order."""
+        cfg = self.model.config
+        pieces = [torch.cat([r.tokens.to(newline.dtype), newline[i]]) for i, r in enumerate(reduced)]
         keep = []
         for place, piece in zip(places, pieces):
             row = torch.ones(kwargs["input_ids"].shape[1], dtype=torch.bool, device=place[0].device)
@@ -338,17 +396,28 @@ def _shorten(kwargs: dict, keep: List[torch.Tensor], pad_id, left: bool,
     return kwargs
 
 
-def patch(model, reducer, *, local_layer="auto"):
+def patch(model, reducer, *, local_layer="auto", score_layers="auto"):
     """Reduce the video tokens of `model` with `reducer` on every forward / generate call; returns
     the model (patched in place). `reducer`: an AOTReducer or any `aot_kernels.reducers.build`
     reducer. local_layer: the vision tower layer for local scores ("auto": a quarter of the depth;
-    None: local = global scores). Calling patch again replaces the reducer."""
+    None: local = global scores). Calling patch again replaces the reducer.
+
+    An AuthorsAOTReducer (SPEC §8, LLaVA-OneVision / LLaVA-Video only) is run where the authors
+    run it: on the un-pooled features after the projector, before the model's pooling (the
+    reducer pools), with scores from the vision tower layers score_layers = (local, global)
+    ("auto": 5 and 24 of 26, scaled to the tower's depth)."""
     name = type(model).__name__
     if name not in SUPPORTED:
         raise TypeError(f"aot_kernels.integrations.transformers.patch supports {sorted(SUPPORTED)}, "
                         f"not {name}")
     if not callable(reducer):
         raise TypeError(f"reducer must be callable like aot_kernels.AOTReducer, got {type(reducer).__name__}")
+    from ..authors import AuthorsAOTReducer
+
+    authors = isinstance(reducer, AuthorsAOTReducer)
+    if authors and name != "LlavaOnevisionForConditionalGeneration":
+        raise TypeError("the authors' variant (SPEC §8) runs on LLaVA-OneVision / LLaVA-Video "
+                        f"(LlavaOnevisionForConditionalGeneration), not {name}")
     if not _version_ok():
         import transformers
 
@@ -356,7 +425,8 @@ def patch(model, reducer, *, local_layer="auto"):
                       f"{transformers.__version__}", UserWarning, stacklevel=2)
     if hasattr(model, _ATTR):
         unpatch(model)
-    adapter = SUPPORTED[name](model, local_layer)
+    adapter = (SUPPORTED[name](model, local_layer, score_layers) if authors
+               else SUPPORTED[name](model, local_layer))
     forward, generate = model.forward, model.generate
     forward_params = list(inspect.signature(forward).parameters)
 
@@ -370,7 +440,8 @@ def patch(model, reducer, *, local_layer="auto"):
             return kwargs
         if (kwargs.get("mm_encoder_outputs") or {}).get("video") is not None:
             raise ValueError("pass pixel_values_videos or mm_encoder_outputs['video'], not both")
-        return adapter.reduce(reducer, kwargs, left)
+        run = adapter.reduce_authors if authors else adapter.reduce
+        return run(reducer, kwargs, left)
 
     @functools.wraps(forward)
     def patched_forward(*args, **kwargs):
