@@ -36,14 +36,24 @@ def spatial_cost(x_pos, y_pos, spatial: float, dtype) -> torch.Tensor:
                                  compute_mode="donot_use_mm_for_euclid_dist")
 
 
-def nearest_anchor_average(x, y, semantic, a, s):
-    """x_NN [B,M,D] = (x_j + sum_{nn(i)=j} y_i) / (1 + #{i: nn(i)=j}), nn(i) the real anchor of
-    lowest semantic cost (highest cosine) to the real source i, ties to the lower index
-    (SPEC §8.5)."""
+def nearest_anchor(semantic, a) -> torch.Tensor:
+    """nn(i) [B,N]: the real anchor of lowest semantic cost (highest cosine) to source i, ties to
+    the lower index (SPEC §8.5)."""
     key = torch.where((a > 0).unsqueeze(2), semantic, float("inf"))
-    nearest = key.argmin(dim=1, keepdim=True)  # argmin returns the first of equal values
-    member = torch.zeros_like(semantic).scatter_(1, nearest, 1.0) * (s > 0).unsqueeze(1)
+    return key.argmin(dim=1)  # argmin returns the first of equal values
+
+
+def anchor_average(x, y, nearest, s):
+    """x_NN [B,M,D] = (x_j + sum_{nn(i)=j} y_i) / (1 + #{i: nn(i)=j}) over real sources i."""
+    member = torch.zeros(x.shape[0], x.shape[1], y.shape[1], dtype=x.dtype, device=x.device)
+    member.scatter_(1, nearest.unsqueeze(1), 1.0)
+    member = member * (s > 0).unsqueeze(1)
     return (x + torch.bmm(member, y)) / (1.0 + member.sum(2)).unsqueeze(2)
+
+
+def nearest_anchor_average(x, y, semantic, a, s):
+    """x_NN of SPEC §8.5 from the semantic (cosine) cost: `anchor_average` at `nearest_anchor`."""
+    return anchor_average(x, y, nearest_anchor(semantic, a), s)
 
 
 def marginals(anchor_weight, source_weight, batch: int, m: int, n: int, dtype, device):

@@ -2,14 +2,11 @@
 the spatial cost term, stop="scaling" (source scaling first, stop on its mean change), the
 nearest-anchor blend, the quantile rule and the cost shift; and the authors' intra-frame and
 inter-frame steps as one sinkhorn_aggregate call each."""
-import warnings
-
 import numpy as np
 import pytest
 import torch
 
 import aot_kernels as ak
-from aot_kernels import gpu
 from reference import authors_reference as A
 from reference import ot_reference as R
 from samples import BACKENDS, DTYPES, assert_within_rule, max_err, stack
@@ -206,17 +203,3 @@ def test_bad_options_are_named():
         torch.ops.aot.sinkhorn(torch.rand(1, 2, 3), None, None, 0.1, 10, 0.0, "rows")
     with pytest.raises(ValueError, match="anchor_pos is required"):
         torch.ops.aot.sinkhorn_aggregate(x, y, spatial=0.5)
-
-
-@pytest.mark.skipif(not gpu.HAS_TRITON, reason="triton unavailable")
-def test_triton_serves_the_options_on_the_torch_path_and_says_so(monkeypatch):
-    monkeypatch.setattr(gpu, "_warned", set())
-    x, y, _, _, pa, ps, _ = make(SAMPLES[0], torch.float32)
-    kw = dict(anchor_pos=pa.float(), source_pos=ps.float(), spatial=0.5, stop="scaling", tol=1e-2)
-    with pytest.warns(RuntimeWarning, match="SPEC §8 options.*torch backend"):
-        got = ak.sinkhorn_aggregate(x, y, backend="triton", **kw)
-    want = ak.sinkhorn_aggregate(x, y, backend="torch", **kw)
-    torch.testing.assert_close(got.tokens, want.tokens, rtol=0, atol=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # once
-        ak.sinkhorn_aggregate(x, y, backend="triton", **kw)

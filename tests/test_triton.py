@@ -15,6 +15,10 @@ from aot_kernels import gpu
 from reference import ot_reference as R
 from samples import (ABS, ATOL, CLIP_SAMPLES, MULT, Sample, clip_inputs, clip_reference, inputs,
                      kwargs, max_err, reference, stack)
+from test_spec8_ops import SAMPLES as SPEC8_SAMPLES
+from test_spec8_ops import make as spec8_inputs
+from test_spec8_ops import name as spec8_name
+from test_spec8_ops import reference as spec8_reference
 
 pytestmark = pytest.mark.skipif(not gpu.HAS_TRITON, reason=f"triton unavailable: {gpu.TRITON_ERROR}")
 
@@ -231,6 +235,33 @@ def test_clip_aggregate_matches_reference(sample, dtype):
     if dtype == torch.float32:
         assert torch.equal(got.kept, want.kept)
         assert torch.equal(got.iterations, want.iterations)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("sample", SPEC8_SAMPLES, ids=spec8_name)
+def test_spec8_options_match_reference(sample, path):
+    """SPEC §8's options on the kernels (spatial kernel, transposed solve with the scaling stop,
+    quantile, shift, blend) against the float64 reference, at the torch backend's fp32 error."""
+    x, y, aw, sw, pa, ps, kw = spec8_inputs(sample, torch.float32)
+    ref = spec8_reference(sample, torch.float32)
+    want = ak.sinkhorn_aggregate(x, y, anchor_weight=aw, source_weight=sw, anchor_pos=pa,
+                                 source_pos=ps, backend="torch", **kw)
+    opts = dict(kw)
+    solver = {k: opts.pop(k) for k in ("eps", "max_iter", "tol") if k in opts}
+    pos = [None if p is None else p.float() for p in (pa, ps)]
+    raw = K.sinkhorn_aggregate(*on(x, y, aw, sw), solver.get("eps", 0.1), 1.0,
+                               solver.get("max_iter", 100), solver.get("tol", 0.0),
+                               opts.get("tau"), opts.get("keep"), *on(*pos),
+                               opts.get("spatial", 0.0), opts.get("stop", "marginal"),
+                               opts.get("nn_blend", 0.0), opts.get("keep_quantile"),
+                               opts.get("shift_min", False), path=path)
+    got = ak.AggregateResult(*cpu(raw), None)
+    for name in ("tokens", "mass", "confidence", "distance", "f", "g"):
+        expected = stack(ref, name)
+        baseline = max_err(getattr(want, name), expected)
+        err = max_err(getattr(got, name), expected)
+        assert err <= MULT[torch.float32] * baseline + ATOL[torch.float32], f"{name}: {err:.3g} vs {baseline:.3g}"
+    assert torch.equal(got.iterations, want.iterations) and torch.equal(got.kept, want.kept)
 
 
 def test_launchers_are_the_ops_cuda_kernels():

@@ -51,46 +51,25 @@ def _guarded(launcher, fallback, *args):
         return fallback(*args)
 
 
-def _torch_for_spec8(op: str) -> None:
-    """SPEC §8's options (spatial cost term, stop="scaling", nn_blend, keep_quantile, shift_min)
-    have no Triton kernels
-    yet: such calls run the torch backend on the GPU, and say so once."""
-    if ("spec8", op) not in _warned:
-        _warned.add(("spec8", op))
-        warnings.warn(f"aot_kernels: {op} with SPEC §8 options (spatial, stop='scaling', "
-                      "nn_blend) runs on the torch backend on CUDA; the Triton kernels do not "
-                      "have them yet", RuntimeWarning, stacklevel=3)
-
-
 def _torch_cosine_cost(x, y, x_pos=None, y_pos=None, spatial=0.0):
     return composite.cosine_cost(x, y, x_pos, y_pos, spatial).to(x.dtype)
 
 
 def cosine_cost(x, y, x_pos=None, y_pos=None, spatial=0.0):
-    if spatial:
-        _torch_for_spec8("cosine_cost")
-        return _torch_cosine_cost(x, y, x_pos, y_pos, spatial)
-    return _guarded(_cost_mod.cosine_cost, _torch_cosine_cost, x, y)
+    return _guarded(_cost_mod.cost_with_spatial, _torch_cosine_cost, x, y, x_pos, y_pos, spatial)
 
 
 def sinkhorn(cost, anchor_weight, source_weight, eps, max_iter, tol, stop="marginal"):
-    if stop != "marginal":
-        _torch_for_spec8("sinkhorn")
-        return composite.sinkhorn_op(cost, anchor_weight, source_weight, eps, max_iter, tol, stop)
     return _guarded(_sinkhorn_mod.sinkhorn, composite.sinkhorn_op, cost, anchor_weight,
-                    source_weight, eps, max_iter, tol)
+                    source_weight, eps, max_iter, tol, stop)
 
 
 def sinkhorn_aggregate(anchors, sources, anchor_weight, source_weight, eps, lam, max_iter, tol,
                        tau=None, keep=None, anchor_pos=None, source_pos=None, spatial=0.0,
                        stop="marginal", nn_blend=0.0, keep_quantile=None, shift_min=False):
-    if spatial or stop != "marginal" or nn_blend or keep_quantile is not None or shift_min:
-        _torch_for_spec8("sinkhorn_aggregate")
-        return composite.sinkhorn_aggregate(anchors, sources, anchor_weight, source_weight, eps,
-                                            lam, max_iter, tol, tau, keep, anchor_pos, source_pos,
-                                            spatial, stop, nn_blend, keep_quantile, shift_min)
     return _guarded(_sinkhorn_mod.sinkhorn_aggregate, composite.sinkhorn_aggregate, anchors,
-                    sources, anchor_weight, source_weight, eps, lam, max_iter, tol, tau, keep)
+                    sources, anchor_weight, source_weight, eps, lam, max_iter, tol, tau, keep,
+                    anchor_pos, source_pos, spatial, stop, nn_blend, keep_quantile, shift_min)
 
 
 def clip_aggregate(frames, lengths, sizes, anchor_weight=None, eps=0.1, lam=1.0, max_iter=100,

@@ -32,7 +32,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 @dataclass(frozen=True)
 class Case:
     """One launcher call: op (aggregate modes, sinkhorn, cosine, clip) on a shape."""
-    op: str  # intra | tau | keep | sinkhorn | cosine | clip
+    op: str  # intra | tau | keep | sinkhorn | cosine | clip | authors | authors-inter
     m: int
     n: int
     d: int
@@ -60,6 +60,11 @@ def cases(quick: bool = False):
             for op in ("tau", "keep", "sinkhorn", "cosine"):
                 for m, n in ((17, 70), (126, 603), (2048, 2048)):
                     out.append(Case(op, m, n, 64, dtype, tf32))
+            # SPEC §8 (spatial kernel, transposed solve with the scaling stop: resident, sweep,
+            # and stream for more than 4096 anchors).
+            for op, m, n in (("authors", 17, 70), ("authors", 126, 603), ("authors", 8192, 17),
+                             ("authors-inter", 126, 126), ("authors-inter", 64, 48)):
+                out.append(Case(op, m, n, 64, dtype, tf32))
             for m in (17, 126):  # rows wider than the sweep holds: the streaming passes
                 out.append(Case("intra", m, 8192, 64, dtype, tf32))
                 out.append(Case("keep", m, 8192, 64, dtype, tf32))
@@ -67,7 +72,8 @@ def cases(quick: bool = False):
                 out.append(Case("intra", 126, 70, d, dtype, tf32))
                 out.append(Case("clip", 126, 126, d, dtype, tf32))
             paper = [("intra", 126, 70, 1152), ("keep", 126, 126, 1152), ("intra", 108, 61, 3584),
-                     ("intra", 126, 603, 3584), ("clip", 126, 126, 1152), ("clip", 126, 126, 3584)]
+                     ("intra", 126, 603, 3584), ("clip", 126, 126, 1152), ("clip", 126, 126, 3584),
+                     ("authors", 126, 603, 3584), ("authors-inter", 126, 126, 3584)]
             out += [Case(op, m, n, d, dtype, tf32, paper=True) for op, m, n, d in paper]
     return out
 
@@ -112,6 +118,13 @@ def record(case: Case):
             frames = torch.zeros(2, 4, case.m, case.d, dtype=dtype)
             K.clip_aggregate(frames, torch.tensor([4, 3]), torch.ones(2, 4, case.m), None, 0.1,
                              1.0, 1, 0.0, None, torch.zeros(2, 4, dtype=torch.int64))
+        elif case.op == "authors":  # §8.4-8.5: spatial term, scaling stop, nearest-anchor blend
+            K.sinkhorn_aggregate(x, y, None, None, 0.1, 1.0, 1, 0.01, None, None,
+                                 torch.zeros(1, case.m, 2), torch.zeros(1, case.n, 2), 0.5,
+                                 "scaling", 0.1)
+        elif case.op == "authors-inter":  # §8.7: shifted cost, scaling stop, quantile rule
+            K.sinkhorn_aggregate(x, y, torch.ones(1, case.m), None, 0.17, 1.0, 1, 0.01, None, None,
+                                 None, None, 0.0, "scaling", 0.0, 0.3, True)
         else:
             K.sinkhorn_aggregate(x, y, None, None, 0.1, 1.0, 1, 0.0,
                                  0.5 if case.op == "tau" else None,

@@ -75,3 +75,42 @@ def cosine_cost(x: torch.Tensor, y: torch.Tensor, out_dtype=None) -> torch.Tenso
     launch(_cosine_cost_kernel, grid, x, y, out, m, n, d, NATIVE_DOT=native, TF32=tf32,
            BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps)
     return out
+
+
+@triton.jit(do_not_specialize=["M", "N", "P"])
+def _spatial_cost_kernel(COST, XP, YP, M, N, P, weight,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """COST [B,M,N] (fp32 workspace) += weight * |xp_j - yp_i|_2 in place, positions [B,M,P] and
+    [B,N,P] (SPEC §8.4): a tile's distances from 2 P loads, never a [B,M,N] bias in memory."""
+    b = tl.program_id(0).to(tl.int64)
+    rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
+    in_m = rm < M
+    in_n = rn < N
+    d2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k in range(0, P):
+        xp = tl.load(XP + b * M * P + rm * P + k, mask=in_m, other=0.0)
+        yp = tl.load(YP + b * N * P + rn * P + k, mask=in_n, other=0.0)
+        diff = xp[:, None] - yp[None, :]
+        d2 += diff * diff
+    at = COST + b * M * N + rm[:, None] * N + rn[None, :]
+    mask = in_m[:, None] & in_n[None, :]
+    tl.store(at, tl.load(at, mask=mask, other=0.0) + weight * tl.sqrt(d2), mask=mask)
+
+
+def add_spatial_cost(cost32: torch.Tensor, x_pos: torch.Tensor, y_pos: torch.Tensor,
+                     weight: float) -> torch.Tensor:
+    """cost32 [B,M,N] fp32 += weight * |x_pos_j - y_pos_i| (positions validated), in place."""
+    b, m, n = cost32.shape
+    xp, yp = x_pos.float().contiguous(), y_pos.float().contiguous()
+    launch(_spatial_cost_kernel, (b, triton.cdiv(m, 64), triton.cdiv(n, 64)), cost32, xp, yp, m, n,
+           xp.shape[2], float(weight), BLOCK_M=64, BLOCK_N=64, num_warps=4)
+    return cost32
+
+
+def cost_with_spatial(x, y, x_pos=None, y_pos=None, spatial=0.0):
+    """The contract of aot::cosine_cost (spatial term included) on the kernels."""
+    if not spatial:
+        return cosine_cost(x, y)
+    cost = add_spatial_cost(cosine_cost(x, y, out_dtype=torch.float32), x_pos, y_pos, spatial)
+    return cost.to(x.dtype)

@@ -43,13 +43,15 @@ latency, not bandwidth, bounds the intra-frame step. The clip steps batch over c
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from .. import composite
 from .common import dot_flags, launch, next_pow2
-from .cost_kernels import cosine_cost
+from .cost_kernels import add_spatial_cost, cosine_cost
 
 NEG_INF = tl.constexpr(float("-inf"))  # a constexpr global: the compiler rejects plain ones
 
@@ -62,10 +64,11 @@ def _lse(z, axis: tl.constexpr):
 
 
 @triton.jit
-def _solve(scaled, a, s, eps, max_iter, tol, BLOCK_M: tl.constexpr):
+def _solve(scaled, a, s, eps, max_iter, tol, BLOCK_M: tl.constexpr, SCALING: tl.constexpr):
     """Log-domain Sinkhorn (SPEC §2) on a cost held in registers (scaled = C / eps): start g = 0,
-    update f then g, stop when the L1 row error < tol or after max_iter. Returns f, g,
-    iterations, error. Zero weights are padding (-inf potentials)."""
+    update f then g, stop when the L1 row error < tol or after max_iter. SCALING: stop instead
+    when mean_j |exp(f_j/eps) - exp(f_j_prev/eps)| < tol over live rows (SPEC §8.4's rule, on
+    the transposed problem). Returns f, g, iterations, error. Zero weights are padding."""
     inv_eps = 1.0 / eps
     live_m = a > 0
     live_n = s > 0
@@ -76,27 +79,35 @@ def _solve(scaled, a, s, eps, max_iter, tol, BLOCK_M: tl.constexpr):
     lse_rows = _lse(tl.where(live_n[None, :], g[None, :] * inv_eps - scaled, NEG_INF), 1)
     err = tl.sum(tl.zeros([BLOCK_M], dtype=tl.float32), 0) + float("inf")
     it = 0
+    rows = tl.sum(live_m.to(tl.float32), 0)
     while (it < max_iter) & (err >= tol):
+        f_prev = f
         f = tl.where(live_m, eps * (log_a - lse_rows), NEG_INF)
         lse_cols = _lse(tl.where(live_m[:, None], f[:, None] * inv_eps - scaled, NEG_INF), 0)
         g = tl.where(live_n, eps * (log_s - lse_cols), NEG_INF)
         it += 1
         # The next row pass's LSE gives this iterate's row sums: sum_i T_ji = exp(f_j/eps + LSE_j).
         lse_rows = _lse(tl.where(live_n[None, :], g[None, :] * inv_eps - scaled, NEG_INF), 1)
-        err = tl.sum(tl.where(live_m, tl.abs(tl.exp(f * inv_eps + lse_rows) - a), 0.0), 0)
+        if SCALING:
+            change = tl.abs(tl.exp(f * inv_eps) - tl.exp(f_prev * inv_eps))
+            err = tl.sum(tl.where(live_m, change, 0.0), 0) / rows
+        else:
+            err = tl.sum(tl.where(live_m, tl.abs(tl.exp(f * inv_eps + lse_rows) - a), 0.0), 0)
     return f, g, it, err
 
 
 
 @triton.jit
 def _sweep(COST, A, FS, g, live_n, log_s, rn, cb, ab, f_old, f_new, M, N, eps,
-           BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
+           BLOCK_N: tl.constexpr, ROWS: tl.constexpr, SCALING: tl.constexpr):
     """One Sinkhorn iteration over row chunks of the workspace: f_new from g (row LSE), and the
-    g that follows from f_new (online column LSE). Also returns the row error of (f_old, g)."""
+    g that follows from f_new (online column LSE). Also returns the row error of (f_old, g) and
+    (SCALING) the summed change |exp(f_new/eps) - exp(f_old/eps)| over live rows."""
     inv_eps = 1.0 / eps
     top = tl.full([BLOCK_N], NEG_INF, tl.float32)
     total = tl.zeros([BLOCK_N], dtype=tl.float32)
     err = tl.sum(tl.zeros([ROWS], dtype=tl.float32), 0)
+    change = err
     for r0 in range(0, M, ROWS):
         rm = r0 + tl.arange(0, ROWS)
         in_m = rm < M
@@ -108,20 +119,23 @@ def _sweep(COST, A, FS, g, live_n, log_s, rn, cb, ab, f_old, f_new, M, N, eps,
         old = tl.load(FS + f_old + rm, mask=in_m, other=0.0)
         err += tl.sum(tl.where(live_m, tl.abs(tl.exp(old * inv_eps + lse) - a), 0.0), 0)
         f = tl.where(live_m, eps * (tl.log(tl.where(live_m, a, 1.0)) - lse), NEG_INF)
+        if SCALING:
+            moved = tl.abs(tl.exp(f * inv_eps) - tl.exp(old * inv_eps))
+            change += tl.sum(tl.where(live_m, moved, 0.0), 0)
         tl.store(FS + f_new + rm, f, mask=in_m)
         top, total = _online_lse(top, total, tl.where(live_m[:, None], (f[:, None] - c) * inv_eps,
                                                       NEG_INF), 0)
-    return tl.where(live_n, eps * (log_s - (top + tl.log(total))), NEG_INF), err
+    return tl.where(live_n, eps * (log_s - (top + tl.log(total))), NEG_INF), err, change
 
 
 @triton.jit(do_not_specialize=["M", "N", "fs_len", "max_iter"])
 def _solve_kernel(COST, A, S, FS, F, G, ITERS, ERR, M, N, fs_len, eps, max_iter, tol,
                   RESIDENT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  ROWS: tl.constexpr):
+                  ROWS: tl.constexpr, SCALING: tl.constexpr):
     """Sinkhorn of one problem per program on the fp32 cost C [M,N] (workspace), stopping on
-    its own (SPEC §2). Resident: the BLOCK_M x BLOCK_N tile in registers. Sweep: row chunks of
-    ROWS x BLOCK_N; FS [2, fs_len] per problem holds f of the current and the next iterate
-    (zero-initialised)."""
+    its own (SPEC §2; SCALING: on the mean change of exp(f/eps), see _solve). Resident: the
+    BLOCK_M x BLOCK_N tile in registers. Sweep: row chunks of ROWS x BLOCK_N; FS [2, fs_len]
+    per problem holds f of the current and the next iterate (zero-initialised)."""
     b = tl.program_id(0).to(tl.int64)
     rn = tl.arange(0, BLOCK_N)
     in_n = rn < N
@@ -133,7 +147,7 @@ def _solve_kernel(COST, A, S, FS, F, G, ITERS, ERR, M, N, fs_len, eps, max_iter,
         a = tl.load(A + b * M + rm, mask=in_m, other=0.0)
         cost = tl.load(COST + b * M * N + rm[:, None] * N + rn[None, :],
                        mask=in_m[:, None] & in_n[None, :], other=0.0)
-        f, g, it, err = _solve(cost * (1.0 / eps), a, s, eps, max_iter, tol, BLOCK_M)
+        f, g, it, err = _solve(cost * (1.0 / eps), a, s, eps, max_iter, tol, BLOCK_M, SCALING)
         tl.store(F + b * M + rm, f, mask=in_m)
     else:
         log_s = tl.where(live_n, tl.log(tl.where(live_n, s, 1.0)), NEG_INF)
@@ -143,12 +157,24 @@ def _solve_kernel(COST, A, S, FS, F, G, ITERS, ERR, M, N, fs_len, eps, max_iter,
         it = 0
         err = tl.sum(tl.zeros([ROWS], dtype=tl.float32), 0) + float("inf")
         running = 1
+        rows = tl.sum(tl.zeros([ROWS], dtype=tl.float32), 0)
+        if SCALING:
+            for r0 in range(0, M, ROWS):
+                rm = r0 + tl.arange(0, ROWS)
+                rows += tl.sum((tl.load(A + b * M + rm, mask=rm < M, other=0.0) > 0).to(tl.float32), 0)
         while running != 0:
-            g_next, err_cur = _sweep(COST, A, FS, g, live_n, log_s, rn, b * M * N, b * M,
-                                     fb + cur * fs_len, fb + (1 - cur) * fs_len, M, N, eps,
-                                     BLOCK_N, ROWS)
+            g_next, err_cur, change = _sweep(COST, A, FS, g, live_n, log_s, rn, b * M * N, b * M,
+                                             fb + cur * fs_len, fb + (1 - cur) * fs_len, M, N,
+                                             eps, BLOCK_N, ROWS, SCALING)
             tl.debug_barrier()  # this pass's f stores before the next pass's loads
-            if ((it > 0) & (err_cur < tol)) | (it >= max_iter):
+            if SCALING:  # the pass is iteration it + 1; its change decides (SPEC §8.4)
+                g = g_next
+                cur = 1 - cur
+                it += 1
+                err = change / rows
+                if (err < tol) | (it >= max_iter):
+                    running = 0
+            elif ((it > 0) & (err_cur < tol)) | (it >= max_iter):
                 running = 0
                 if it > 0:
                     err = err_cur
@@ -177,9 +203,9 @@ def _online_lse(top, total, z, axis: tl.constexpr):
 
 @triton.jit(do_not_specialize=["M", "N"])
 def _row_pass(COST, A, F, G, LSE, ERRACC, ACTIVE, M, N, eps,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """LSE_i((g_i - C_ji)/eps) for a tile of rows (online over column tiles), and their share of
-    the current potentials' row-marginal error."""
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SCALING: tl.constexpr):
+    """LSE_i((g_i - C_ji)/eps) for a tile of rows (online over column tiles), and (not SCALING)
+    their share of the current potentials' row-marginal error."""
     b = tl.program_id(0).to(tl.int64)
     if tl.load(ACTIVE + b) != 0:
         rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -197,33 +223,42 @@ def _row_pass(COST, A, F, G, LSE, ERRACC, ACTIVE, M, N, eps,
             top, total = _online_lse(top, total, z, 1)
         lse = top + tl.log(total)
         tl.store(LSE + b * M + rm, lse, mask=in_m)
-        a = tl.load(A + b * M + rm, mask=in_m, other=0.0)
-        f = tl.load(F + b * M + rm, mask=in_m, other=0.0)
-        share = tl.sum(tl.where(a > 0, tl.abs(tl.exp(f * inv_eps + lse) - a), 0.0), 0)
-        tl.atomic_add(ERRACC + b, share)
+        if not SCALING:
+            a = tl.load(A + b * M + rm, mask=in_m, other=0.0)
+            f = tl.load(F + b * M + rm, mask=in_m, other=0.0)
+            share = tl.sum(tl.where(a > 0, tl.abs(tl.exp(f * inv_eps + lse) - a), 0.0), 0)
+            tl.atomic_add(ERRACC + b, share)
 
 
 @triton.jit(do_not_specialize=["max_iter"])
-def _bookkeeping(ERRACC, ERR, ITERS, ACTIVE, max_iter, tol):
-    """After a row pass: stop a problem whose current potentials meet tol (or that has done
-    max_iter iterations); otherwise count the iteration the column pass is about to make."""
+def _bookkeeping(ERRACC, ERR, ITERS, ACTIVE, ROWS, max_iter, tol, SCALING: tl.constexpr):
+    """Not SCALING, after a row pass: stop a problem whose current potentials meet tol (or that
+    has done max_iter iterations); otherwise count the iteration the column pass is about to
+    make. SCALING, after a column pass: count it; stop once the mean change of exp(f/eps) over
+    the ROWS live rows < tol, or after max_iter."""
     b = tl.program_id(0)
     if tl.load(ACTIVE + b) != 0:
         it = tl.load(ITERS + b)
         err = tl.load(ERRACC + b)
-        tl.store(ERR + b, err)
-        if ((it > 0) & (err < tol)) | (it >= max_iter):
+        if SCALING:
+            it += 1
+            err = err / tl.load(ROWS + b)
+            tl.store(ITERS + b, it)
+            if (err < tol) | (it >= max_iter):
+                tl.store(ACTIVE + b, 0)
+        elif ((it > 0) & (err < tol)) | (it >= max_iter):
             tl.store(ACTIVE + b, 0)
         else:
             tl.store(ITERS + b, it + 1)
+        tl.store(ERR + b, err)
         tl.store(ERRACC + b, 0.0)
 
 
 @triton.jit(do_not_specialize=["M", "N"])
-def _col_pass(COST, A, S, LSE, F, G, ACTIVE, M, N, eps,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _col_pass(COST, A, S, LSE, F, G, ERRACC, ACTIVE, M, N, eps,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SCALING: tl.constexpr):
     """f_j = eps log a_j - eps LSE_j (from the row pass), then g for a tile of columns. The first
-    column tile also writes f."""
+    column tile also writes f (and, SCALING, adds |exp(f/eps) - exp(f_old/eps)| to ERRACC)."""
     b = tl.program_id(0).to(tl.int64)
     if tl.load(ACTIVE + b) != 0:
         pn = tl.program_id(1)
@@ -232,6 +267,7 @@ def _col_pass(COST, A, S, LSE, F, G, ACTIVE, M, N, eps,
         inv_eps = 1.0 / eps
         top = tl.full([BLOCK_N], NEG_INF, tl.float32)
         total = tl.zeros([BLOCK_N], dtype=tl.float32)
+        change = tl.sum(total, 0)
         for m0 in range(0, M, BLOCK_M):
             rm = m0 + tl.arange(0, BLOCK_M)
             in_m = rm < M
@@ -239,6 +275,10 @@ def _col_pass(COST, A, S, LSE, F, G, ACTIVE, M, N, eps,
             lse = tl.load(LSE + b * M + rm, mask=in_m, other=0.0)
             f = tl.where(a > 0, eps * (tl.log(tl.where(a > 0, a, 1.0)) - lse), NEG_INF)
             if pn == 0:
+                if SCALING:
+                    old = tl.load(F + b * M + rm, mask=in_m, other=0.0)
+                    moved = tl.abs(tl.exp(f * inv_eps) - tl.exp(old * inv_eps))
+                    change += tl.sum(tl.where(a > 0, moved, 0.0), 0)
                 tl.store(F + b * M + rm, f, mask=in_m)
             c = tl.load(COST + b * M * N + rm[:, None] * N + rn[None, :],
                         mask=in_m[:, None] & in_n[None, :], other=0.0)
@@ -247,6 +287,9 @@ def _col_pass(COST, A, S, LSE, F, G, ACTIVE, M, N, eps,
         s = tl.load(S + b * N + rn, mask=in_n, other=0.0)
         g = tl.where(s > 0, eps * (tl.log(tl.where(s > 0, s, 1.0)) - (top + tl.log(total))), NEG_INF)
         tl.store(G + b * N + rn, g, mask=in_n)
+        if SCALING:
+            if pn == 0:
+                tl.atomic_add(ERRACC + b, change)
 
 
 @triton.jit(do_not_specialize=["M", "N"])
@@ -356,8 +399,9 @@ def solve_path(m: int, n: int, path: str = "auto") -> str:
     return "sweep" if bn <= SWEEP_MAX_N else "stream"
 
 
-def _solve_streaming(cost32, a, s, eps, max_iter, tol):
-    """cost32 [B,M,N] fp32 workspace -> f, g, iterations, error (fp32), no host sync."""
+def _solve_streaming(cost32, a, s, eps, max_iter, tol, scaling=False):
+    """cost32 [B,M,N] fp32 workspace -> f, g, iterations, error (fp32), no host sync.
+    scaling: stop on the mean change of exp(f/eps) (see _solve)."""
     b, m, n = cost32.shape
     dev = cost32.device
     f = torch.zeros(b, m, dtype=torch.float32, device=dev)
@@ -367,24 +411,50 @@ def _solve_streaming(cost32, a, s, eps, max_iter, tol):
     error = torch.full((b,), float("inf"), dtype=torch.float32, device=dev)
     iterations = torch.zeros(b, dtype=torch.int64, device=dev)
     active = torch.ones(b, dtype=torch.int32, device=dev)
+    live_rows = (a > 0).sum(1).to(torch.float32)
     rows, cols = (b, triton.cdiv(m, STREAM_M)), (b, triton.cdiv(n, STREAM_N))
-    for k in range(max_iter + 1):
-        launch(_row_pass, rows, cost32, a, f, g, lse, err_acc, active, m, n, float(eps),
-               BLOCK_M=STREAM_M, BLOCK_N=STREAM_N, num_warps=4)
-        launch(_bookkeeping, (b,), err_acc, error, iterations, active, int(max_iter), float(tol),
-               num_warps=1)
-        if k < max_iter:
-            launch(_col_pass, cols, cost32, a, s, lse, f, g, active, m, n, float(eps),
-                   BLOCK_M=STREAM_M, BLOCK_N=STREAM_N, num_warps=4)
+    row_pass = functools.partial(launch, _row_pass, rows, cost32, a, f, g, lse, err_acc, active, m,
+                                 n, float(eps), BLOCK_M=STREAM_M, BLOCK_N=STREAM_N,
+                                 SCALING=scaling, num_warps=4)
+    col_pass = functools.partial(launch, _col_pass, cols, cost32, a, s, lse, f, g, err_acc, active,
+                                 m, n, float(eps), BLOCK_M=STREAM_M, BLOCK_N=STREAM_N,
+                                 SCALING=scaling, num_warps=4)
+    bookkeeping = functools.partial(launch, _bookkeeping, (b,), err_acc, error, iterations, active,
+                                    live_rows, int(max_iter), float(tol), SCALING=scaling,
+                                    num_warps=1)
+    for k in range(max_iter + (0 if scaling else 1)):
+        row_pass()
+        if scaling:  # the iteration completes with the column pass, which measures the change
+            col_pass()
+            bookkeeping()
+        else:  # the row pass measures the previous iterate's row error
+            bookkeeping()
+            if k < max_iter:
+                col_pass()
     return f, g, iterations, error
 
 
-def _solve_problems(cost32, a, s, eps, max_iter, tol, path="auto"):
-    """f, g, iterations, error (fp32) of the problems on the fp32 cost workspace [B,M,N]."""
+def _solve_problems(cost32, a, s, eps, max_iter, tol, path="auto", stop="marginal"):
+    """f, g, iterations, error (fp32) of the problems on the fp32 cost workspace [B,M,N].
+
+    stop="scaling" (SPEC §8.4: g then f, stop on the mean change of exp(g/eps)) is the
+    marginal-order iteration of the transposed problem (anchors and sources swapped, starting
+    from f = 0 on the anchors), stopped on its rows' change: one transposed copy of the
+    workspace, the same kernels."""
+    if stop == "scaling":
+        g, f, iterations, error = _solve_rows(cost32.transpose(1, 2).contiguous(), s, a, eps,
+                                              max_iter, tol, path, scaling=True)
+        return f, g, iterations, error
+    return _solve_rows(cost32, a, s, eps, max_iter, tol, path, scaling=False)
+
+
+def _solve_rows(cost32, a, s, eps, max_iter, tol, path, scaling):
+    """The solve kernels on [B,M,N], f (rows) then g each iteration; stopped on the row error,
+    or (scaling) on the rows' mean change of exp(f/eps)."""
     b, m, n = cost32.shape
     route = solve_path(m, n, path)
     if route == "stream":
-        return _solve_streaming(cost32, a, s, eps, max_iter, tol)
+        return _solve_streaming(cost32, a, s, eps, max_iter, tol, scaling)
     dev = cost32.device
     bm, bn = next_pow2(m), next_pow2(n)
     f = torch.empty(b, m, dtype=torch.float32, device=dev)
@@ -393,12 +463,14 @@ def _solve_problems(cost32, a, s, eps, max_iter, tol, path="auto"):
     error = torch.empty(b, dtype=torch.float32, device=dev)
     if route == "resident":  # ~16 fp32 of the tile per thread (8 warps at 64 x 64)
         workspace, rows, warps = f, 1, max(4, bm * bn // 512)
+        if scaling and bm * bn == RESIDENT_MAX and bm > bn:
+            warps *= 2  # the previous f it keeps spills tall tiles at 8 warps on sm_80 (gate)
     else:  # BLOCK_M unused: one compiled sweep per row width
         workspace = torch.zeros(b, 2, m, dtype=torch.float32, device=dev)
         rows, warps, bm = max(1, SWEEP_ELEMS // bn), SWEEP_WARPS.get(bn, 4), 16
     launch(_solve_kernel, (b,), cost32, a, s, workspace, f, g, iterations, error, m, n, m,
            float(eps), int(max_iter), float(tol), RESIDENT=route == "resident", BLOCK_M=bm,
-           BLOCK_N=bn, ROWS=rows, num_warps=warps)
+           BLOCK_N=bn, ROWS=rows, SCALING=scaling, num_warps=warps)
     return f, g, iterations, error
 
 
@@ -429,40 +501,56 @@ def _fold_into(x, y, cost32, f, g, scale, out, eps, lam, sizes=None):
     return mass, carried
 
 
-def sinkhorn(cost, anchor_weight, source_weight, eps, max_iter, tol, path="auto"):
+def sinkhorn(cost, anchor_weight, source_weight, eps, max_iter, tol, stop="marginal",
+             path="auto"):
     """Same contract and outputs as torch.ops.aot.sinkhorn (inputs validated)."""
     if cost.dtype == torch.float64:  # fp64 stays exact on the torch path
-        return composite.sinkhorn_op(cost, anchor_weight, source_weight, eps, max_iter, tol)
+        return composite.sinkhorn_op(cost, anchor_weight, source_weight, eps, max_iter, tol, stop)
     b, m, n = cost.shape
     a, s = composite.marginals(anchor_weight, source_weight, b, m, n, torch.float32, cost.device)
-    f, g, iterations, error = _solve_problems(cost.float().contiguous(), a.contiguous(), s.contiguous(),
-                                     eps, max_iter, tol, path)
+    f, g, iterations, error = _solve_problems(cost.float().contiguous(), a.contiguous(),
+                                              s.contiguous(), eps, max_iter, tol, path, stop)
     out = cost.dtype
     return f.to(out), g.to(out), iterations, error.to(out)
 
 
 def sinkhorn_aggregate(anchors, sources, anchor_weight, source_weight, eps, lam, max_iter, tol,
-                       tau=None, keep=None, path="auto"):
-    """Same contract and outputs as torch.ops.aot.sinkhorn_aggregate (inputs validated)."""
+                       tau=None, keep=None, anchor_pos=None, source_pos=None, spatial=0.0,
+                       stop="marginal", nn_blend=0.0, keep_quantile=None, shift_min=False,
+                       path="auto"):
+    """Same contract and outputs as torch.ops.aot.sinkhorn_aggregate (inputs validated). SPEC
+    §8's options: the spatial term is added to the fp32 workspace by its own kernel, the shift
+    and the nearest anchors are reductions over it, stop="scaling" solves the transposed
+    workspace, the blend is one scatter and one batched product after the fold."""
     if anchors.dtype == torch.float64:
         return composite.sinkhorn_aggregate(anchors, sources, anchor_weight, source_weight, eps,
-                                            lam, max_iter, tol, tau, keep)
+                                            lam, max_iter, tol, tau, keep, anchor_pos, source_pos,
+                                            spatial, stop, nn_blend, keep_quantile, shift_min)
     x, y = anchors.contiguous(), sources.contiguous()
     b, m, _ = x.shape
     n = y.shape[1]
     a, s = composite.marginals(anchor_weight, source_weight, b, m, n, torch.float32, x.device)
     a, s = a.contiguous(), s.contiguous()
     cost32 = cosine_cost(x, y, out_dtype=torch.float32)
-    f, g, iterations, error = _solve_problems(cost32, a, s, eps, max_iter, tol, path)
+    nearest = composite.nearest_anchor(cost32, a) if nn_blend else None  # cosine part only
+    if spatial:
+        add_spatial_cost(cost32, anchor_pos, source_pos, spatial)
+    if shift_min:
+        live = (a > 0).unsqueeze(2) & (s > 0).unsqueeze(1)
+        cost32 -= torch.where(live, cost32, float("inf")).amin((1, 2), keepdim=True)
+    f, g, iterations, error = _solve_problems(cost32, a, s, eps, max_iter, tol, path, stop)
     column, confidence, distance = _statistics(cost32, f, g, eps)
-    if tau is None and keep is None:  # intra (Eq. 11): W = T
+    if tau is None and keep is None and keep_quantile is None:  # intra (Eq. 11): W = T
         kept = torch.zeros(b, n, dtype=torch.bool, device=x.device)
         scale = torch.where(s > 0, 1.0, 0.0)
     else:
-        kept = composite.select_kept(confidence, s, tau, keep)
+        kept = composite.select_kept(confidence, s, tau, keep, keep_quantile)
         scale = composite.merge_scale(column, s, kept)
     tokens = torch.empty_like(x)
     mass, _ = _fold_into(x, y, cost32, f, g, scale, tokens, eps, lam)
+    if nn_blend:
+        average = composite.anchor_average(x.float(), y.float(), nearest, s)
+        tokens = ((1.0 - nn_blend) * tokens.float() + nn_blend * average).to(x.dtype)
     out = x.dtype
     return (tokens, mass.to(out), confidence.to(out), kept, distance.to(out), iterations,
             f.to(out), g.to(out), error.to(out))
