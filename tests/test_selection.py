@@ -32,6 +32,23 @@ def test_matches_reference(grid, windows, m):
     check(scores, None, grid, windows, m)
 
 
+@pytest.mark.parametrize("v,count", [(126, 126), (176, 169), (196, 188), (205, 202), (108, 108)])
+def test_released_window_rule_matches_the_authors_reference(v, count):
+    """SPEC §8.3 on the un-pooled 27x27 grid: floor(floor(V/2)/9) per 9x9 window, the remainder
+    dropped, then V - floor(V/2) global anchors."""
+    from reference import authors_reference as A
+
+    g = torch.Generator().manual_seed(v)
+    scores, local = torch.rand(3, 729, generator=g, dtype=torch.float64), torch.rand(
+        3, 729, generator=g, dtype=torch.float64)
+    got = ak.select_anchors(scores, local, grid=(27, 27), windows=(3, 3), num_anchors=v,
+                            window_rule="released")
+    assert got.anchors.shape == (3, count) and got.sources.shape == (3, 729 - count)
+    for f in range(3):
+        assert got.anchors[f].tolist() == A.select_anchors(scores[f].numpy(), local[f].numpy(),
+                                                           (27, 27), v)
+
+
 def test_ties_go_to_the_lower_index():
     """All scores tied on a 4x4 grid in 2x2 windows ([0,1,4,5], [2,3,6,7], [8,9,12,13], ...),
     M = 6: 3 local anchors, one in each of the first three windows, each its lowest index
@@ -76,6 +93,7 @@ def test_random_grids(h, w, wh, ww, seed, data):
     (dict(grid=(4, 4), num_anchors=3, scores=torch.full((2, 16), float("nan"))), ValueError, "scores"),
     (dict(grid=(4, 4), num_anchors=3, local_scores=torch.rand(2, 15)), ValueError, "local_scores"),
     (dict(grid=(4, 4), num_anchors=3, scores=torch.ones(2, 16, dtype=torch.int64)), TypeError, "scores"),
+    (dict(grid=(4, 4), num_anchors=3, window_rule="even"), ValueError, "window_rule"),
 ])
 def test_bad_input(kwargs, exc, match):
     kwargs = dict(kwargs)

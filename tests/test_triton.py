@@ -264,6 +264,21 @@ def test_spec8_options_match_reference(sample, path):
     assert torch.equal(got.iterations, want.iterations) and torch.equal(got.kept, want.kept)
 
 
+def test_authors_reducer_on_the_kernels_matches_reference():
+    """AuthorsAOTReducer(backend="triton") == reference/authors_reference.py (SPEC §8)."""
+    from reference import authors_reference as A
+
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(1, 36, 5)) + 0.5 * rng.normal(size=(4, 36, 5))
+    g, l = rng.random((4, 36)), rng.random((4, 36))
+    kw = dict(grid=(6, 6), anchors=20, keep_ratio=0.3, clip_len=2)
+    ref = A.reduce_video(feats, g, l, **kw)
+    x, gs, ls = on(*(torch.from_numpy(v).float() for v in (feats, g, l)))
+    out = ak.AuthorsAOTReducer(backend="triton", **kw)(x, gs, ls)
+    assert out.positions.cpu().tolist() == ref.positions.tolist()
+    np.testing.assert_allclose(out.tokens.cpu().double().numpy(), ref.tokens, rtol=0, atol=2e-5)
+
+
 def test_launchers_are_the_ops_cuda_kernels():
     """On CUDA tensors torch.ops.aot.* dispatch to Triton (autograd and fake kernels are the
     device-independent ones of ops.py)."""
