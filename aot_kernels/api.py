@@ -122,7 +122,9 @@ def sinkhorn(cost: torch.Tensor, anchor_weight: Optional[torch.Tensor] = None,
     in cost units. stop="marginal" (SPEC §2): f then g each iteration, a problem stops once its
     L1 row-marginal error < tol (`error`). stop="scaling" (SPEC §8.4, the authors' rule): g then
     f, a problem stops once its source scaling vector exp(g/eps) changes by < tol on average
-    over its real sources (`error`: that change). tol = 0: exactly max_iter iterations. The plan is T = exp((f + g - C)/eps), formed only if return_plan.
+    over its real sources (`error`: that change; in fp32 the test is only as exact as
+    exp(g/eps) is large, so a stop may move by an iteration against float64). tol = 0: exactly
+    max_iter iterations. The plan is T = exp((f + g - C)/eps), formed only if return_plan.
     Differentiable w.r.t. cost (implicitly, at the fixed point, on the compiled backend).
     check_values: NaN/inf and negative-weight checks (one host sync); False skips them, shapes
     and types are always checked (the C++ CPU kernels also check values themselves, which

@@ -35,10 +35,11 @@ def time_factor(step: int) -> float:
 
 @dataclass(frozen=True)
 class Setting:
-    """§8.8: anchors V on the un-pooled grid, keep_ratio, clip_len, pooling, inter on/off."""
+    """§8.8: anchors V on the un-pooled grid, keep_ratio, clip_len ("auto": F / 8, §8.7's 4
+    frames for 32 and 8 for 64), pooling, inter on/off."""
     anchors: int
     keep_ratio: float
-    clip_len: int
+    clip_len: object
     pool: str
     inter: bool
 
@@ -54,10 +55,10 @@ def setting(model: str, benchmark: str) -> Setting:
     if benchmark not in BENCHMARKS:
         raise ValueError(f"benchmark must be one of {BENCHMARKS}, got {benchmark!r}")
     if model == "llava-video-7b":  # inter-frame OT switched off in their runs; 2x2 average pool
-        return Setting(180, 0.3, 8, "average", False)
+        return Setting(180, 0.3, "auto", "average", False)
     if benchmark in ("mvbench", "egoschema"):
-        return Setting(126, 0.3, 4, "bilinear", True)
-    return Setting(108, 0.1, 4, "bilinear", True)
+        return Setting(126, 0.3, "auto", "bilinear", True)
+    return Setting(108, 0.1, "auto", "bilinear", True)
 
 
 def grid_positions(grid: Tuple[int, int], device, dtype) -> torch.Tensor:
@@ -107,20 +108,23 @@ class AuthorsAOTReducer:
     27x27 -> 13x13), and the pooled tokens whose pooled mask is >= 0.5 kept. With inter=True,
     clips of clip_len frames: the first frame's kept tokens absorb each later frame's in turn
     (cost shifted by its minimum, eps / (1 - exp(-l^2/4.5)) at step l, tokens with confidence
-    below the keep_ratio quantile stay dynamic). Output per clip, as released: the first
-    frame's kept tokens, the dynamic tokens of the later frames in frame order, then the merged
-    anchors (duplicate_anchors=False leaves out the first block).
+    below the keep_ratio quantile stay dynamic); clip_len="auto" takes F / 8 frames per clip
+    (4 for 32 frames, 8 for 64, as released). Output per clip, as released: the first frame's
+    kept tokens, the dynamic tokens of the later frames in frame order, then the merged anchors
+    (duplicate_anchors=False leaves out the first block).
 
     ReducedVideo: positions t * P + n and frame_ids refer to the pooled grid (P tokens per
     frame, 196 for LLaVA-OneVision); sizes count pooled tokens (a merged anchor carries the
     shares p_ij of the pooled tokens folded into it; cells dropped by the >= 0.5 rule count
-    nowhere); dynamic marks the dynamic tokens; clips and grid (the pooled grid) as AOTReducer.
+    nowhere; with duplicate_anchors a clip's first frame counts twice, once as it was and once
+    in the merged anchors); dynamic marks the dynamic tokens; clips and grid (the pooled grid)
+    as AOTReducer.
     Each stage is one batched call over every frame of every video, each clip step one over
     every clip; the token counts are data, so the call reads them from the device (one host
     read after pooling and one per clip step).
     """
 
-    def __init__(self, anchors: int = 126, *, keep_ratio: float = 0.3, clip_len: int = 4,
+    def __init__(self, anchors: int = 126, *, keep_ratio: float = 0.3, clip_len=4,
                  pool: str = "bilinear", grid: Tuple[int, int] = (27, 27), inter: bool = True,
                  duplicate_anchors: bool = True, eps: float = 0.1, max_iter: int = 100,
                  tol: float = STOP_TOL, spatial: float = SPATIAL_WEIGHT,
@@ -130,7 +134,8 @@ class AuthorsAOTReducer:
         self.keep_ratio = validate._real(keep_ratio, "keep_ratio")
         if not 0.0 <= self.keep_ratio <= 1.0:
             raise ValueError(f"keep_ratio must be in [0, 1], got {keep_ratio}")
-        self.clip_len = validate.integer(clip_len, "clip_len", 1)
+        # "auto": F / 8 frames per clip (SPEC §8.7: 4 for 32 frames, 8 for 64), at least 1.
+        self.clip_len = clip_len if clip_len == "auto" else validate.integer(clip_len, "clip_len", 1)
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
         self.grid = validate.pair_of_ints(grid, "grid")
@@ -222,9 +227,12 @@ class AuthorsAOTReducer:
 
     def _inter(self, tokens, index, real, counts, starts, per_frame, grid_out):
         """Stage 3: every clip of every video, one batched call per clip step."""
-        clips = [(b, starts[b] + s, min(starts[b] + s + self.clip_len, starts[b + 1]))
-                 for b in range(len(starts) - 1)
-                 for s in range(0, starts[b + 1] - starts[b], self.clip_len)]
+        clips = []
+        for b in range(len(starts) - 1):
+            frames = starts[b + 1] - starts[b]
+            length = max(frames // 8, 1) if self.clip_len == "auto" else self.clip_len
+            clips += [(b, starts[b] + s, min(starts[b] + s + length, starts[b + 1]))
+                      for s in range(0, frames, length)]
         sdt = size_dtype(tokens.dtype)
         wdt = torch.float64 if tokens.dtype == torch.float64 else torch.float32
         first = torch.tensor([s for _, s, _ in clips], device=tokens.device)

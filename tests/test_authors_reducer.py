@@ -126,7 +126,7 @@ def test_batches_and_lists_give_lists():
 
 def test_build_and_settings():
     r = reducers.build("aot-authors", model="llava-onevision-7b", benchmark="videomme")
-    assert (r.anchors, r.keep_ratio, r.clip_len, r.pool, r.inter) == (108, 0.1, 4, "bilinear", True)
+    assert (r.anchors, r.keep_ratio, r.clip_len, r.pool, r.inter) == (108, 0.1, "auto", "bilinear", True)
     r = reducers.build("aot-authors", model="llava-onevision-7b", benchmark="mvbench", clip_len=8)
     assert (r.anchors, r.keep_ratio, r.clip_len) == (126, 0.3, 8)
     r = reducers.build("aot-authors", model="llava-video-7b", benchmark="egoschema")
@@ -141,8 +141,18 @@ def test_build_and_settings():
         (dict(keep_ratio=1.5), ValueError, "keep_ratio must be in"),
         (dict(anchors=0), ValueError, "anchors"),
         (dict(inter=1), TypeError, "inter must be a bool"),
+        (dict(clip_len="four"), TypeError, "clip_len"),
     ]:
         with pytest.raises(exc, match=match):
             reducers.build("aot-authors", **kw)
     with pytest.raises(ValueError, match="grid"):
         AuthorsAOTReducer()(torch.randn(2, 36, 4), torch.rand(2, 36))  # 36 tokens, 27x27 grid
+
+
+@pytest.mark.parametrize("frames,length", [(32, 4), (64, 8), (12, 1)])
+def test_auto_clip_length_follows_the_frame_count(frames, length):
+    """SPEC §8.7: clips of 4 frames for 32 frames, of 8 for 64 (F / 8)."""
+    feats, g, l = video(frames=frames, seed=7)
+    out = AuthorsAOTReducer(grid=(6, 6), anchors=20, clip_len="auto")(
+        torch.from_numpy(feats), torch.from_numpy(g), torch.from_numpy(l))
+    assert out.clips == [(s, min(s + length, frames)) for s in range(0, frames, length)]

@@ -126,6 +126,16 @@ def test_time_factor_is_an_eps_rescaling():
     assert dynamic.sum() == math.ceil(8 * 0.3)
 
 
+def test_inter_step_with_one_anchor_by_hand():
+    """M = 1: every p_1i = 1, so all q are equal, none is below their quantile, and the anchor
+    absorbs every token: (x + sum y) / (1 + N)."""
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(size=(1, 4)), rng.normal(size=(5, 4))
+    new, dynamic, q, _ = A.inter_step(x, y, 1, 0.3)
+    assert not dynamic.any() and np.allclose(q, 1.0)
+    np.testing.assert_allclose(new[0], (x[0] + y.sum(0)) / 6, rtol=1e-12)
+
+
 def small_video(frames=8, side=6, d=5, seed=0):
     rng = np.random.default_rng(seed)
     base = rng.normal(size=(1, side * side, d))

@@ -23,6 +23,7 @@ SAMPLES = [  # (B, M, N, D, options)
     (3, 9, 14, 8, dict(keep_quantile=0.3, shift_min=True, stop="scaling", tol=1e-2, eps=0.17)),
     (2, 9, 14, 8, dict(keep_quantile=0.1, weights="pad")),
     (2, 9, 14, 8, dict(shift_min=True, spatial=0.5, weights="pad")),
+    (2, 9, 14, 8, dict(stop="scaling", tol=1e-2, spatial=0.5, weights="midpad")),
 ]
 FIELDS = ("tokens", "mass", "confidence", "distance", "f", "g", "plan")
 
@@ -45,9 +46,12 @@ def make(sample, dtype=torch.float64):
     if opts.get("weights") == "random":
         aw, sw = torch.rand(b, m, generator=g, dtype=torch.float64) + 0.1, torch.rand(
             b, n, generator=g, dtype=torch.float64) + 0.1
-    elif opts.get("weights") == "pad":
+    elif opts.get("weights") in ("pad", "midpad"):
         aw, sw = torch.ones(b, m, dtype=torch.float64), torch.ones(b, n, dtype=torch.float64)
-        aw[:, -1], sw[:, -1] = 0, 0
+        if opts["weights"] == "pad":
+            aw[:, -1], sw[:, -1] = 0, 0
+        else:  # padding in the middle: the transposed solve sees padded rows and columns inside
+            aw[:, [2, 5]], sw[:, [1, 6, 7]] = 0, 0
     kw = {k: v for k, v in opts.items() if k != "weights"}
     if not kw.get("spatial"):
         pa = ps = None

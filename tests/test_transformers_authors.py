@@ -6,7 +6,7 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
-from aot_kernels import AuthorsAOTReducer, reducers  # noqa: E402
+from aot_kernels import AOTReducer, AuthorsAOTReducer, reducers  # noqa: E402
 from aot_kernels.integrations.transformers import patch, unpatch  # noqa: E402
 from reference import authors_reference as A  # noqa: E402
 from test_transformers_integration import FRAMES, TOKENS, prompt, tiny, tiny_qwen  # noqa: E402
@@ -81,3 +81,9 @@ def test_bad_uses_are_named():
         patch(tiny_qwen(), AuthorsAOTReducer(**SETTINGS))
     with pytest.raises(ValueError, match="score_layers"):
         patch(tiny(), AuthorsAOTReducer(**SETTINGS), score_layers=(0, 9))
+    with pytest.raises(ValueError, match="pools its video features bilinearly"):
+        patch(tiny(), AuthorsAOTReducer(pool="average", **SETTINGS))
+    with pytest.raises(ValueError, match="takes score_layers"):
+        patch(tiny(), AuthorsAOTReducer(**SETTINGS), local_layer=1)
+    with pytest.raises(ValueError, match="score_layers applies to the authors' variant"):
+        patch(tiny(), AOTReducer(0.25), score_layers=(0, 1))

@@ -418,6 +418,16 @@ def patch(model, reducer, *, local_layer="auto", score_layers="auto"):
     if authors and name != "LlavaOnevisionForConditionalGeneration":
         raise TypeError("the authors' variant (SPEC §8) runs on LLaVA-OneVision / LLaVA-Video "
                         f"(LlavaOnevisionForConditionalGeneration), not {name}")
+    if authors and reducer.pool != "bilinear":
+        raise ValueError(f"{name} pools its video features bilinearly (apply_pooling), so its "
+                         f"prompt expects the bilinear grid; the reducer has pool="
+                         f"{reducer.pool!r}: use pool='bilinear'")
+    if authors and local_layer != "auto":
+        raise ValueError("local_layer applies to AOTReducer and the baselines; the authors' "
+                         "variant takes score_layers=(local, global)")
+    if not authors and score_layers != "auto":
+        raise ValueError("score_layers applies to the authors' variant (AuthorsAOTReducer); "
+                         "use local_layer= for this reducer")
     if not _version_ok():
         import transformers
 
