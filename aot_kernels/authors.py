@@ -121,7 +121,7 @@ class AuthorsAOTReducer:
     as AOTReducer.
     Each stage is one batched call over every frame of every video, each clip step one over
     every clip; the token counts are data, so the call reads them from the device (one host
-    read after pooling and one per clip step).
+    read after pooling, one per clip step and one for the output layout).
     """
 
     def __init__(self, anchors: int = 126, *, keep_ratio: float = 0.3, clip_len=4,
