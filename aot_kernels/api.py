@@ -41,8 +41,25 @@ def _resolve(backend: str, device: torch.device) -> str:
             _warned_fallback = True
             warnings.warn("aot_kernels: compiled extension unavailable "
                           f"({ops.EXTENSION_ERROR}); using the slower 'torch' backend",
-                          RuntimeWarning, stacklevel=3)
+                          RuntimeWarning, stacklevel=4)
     return "torch"
+
+
+# The torch backend of each op: plain PyTorch with the op's contract (composite.py).
+_TORCH_IMPL = {"cosine_cost": composite.cosine_cost_op, "sinkhorn": composite.sinkhorn_op,
+               "sinkhorn_aggregate": composite.sinkhorn_aggregate,
+               "clip_aggregate": composite.clip_aggregate}
+
+
+def _run(op: str, backend: str, device: torch.device, args: tuple):
+    """Op `op` on the chosen backend: torch.ops.aot.<op> (the C++ kernel, or Triton through the
+    op registry on CUDA), the Triton launchers directly (interpreter), or plain torch."""
+    chosen = _resolve(backend, device)
+    if chosen == "cpp" or (chosen == "triton" and _through_op(device)):
+        return getattr(torch.ops.aot, op)(*args)
+    if chosen == "triton":
+        return getattr(gpu, op)(*args)
+    return _TORCH_IMPL[op](*args)
 
 
 def _through_op(device: torch.device) -> bool:
@@ -100,13 +117,7 @@ def cosine_cost(x: torch.Tensor, y: torch.Tensor, *, x_pos: Optional[torch.Tenso
     spatial = validate.spatial_term(spatial, x_pos, y_pos, "x_pos", "y_pos", b, m, n, x.device)
     validate.values([(x, "x", "finite"), (y, "y", "finite"), (x_pos, "x_pos", "finite"),
                      (y_pos, "y_pos", "finite")])
-    args = (x, y, x_pos, y_pos, spatial)
-    chosen = _resolve(backend, x.device)
-    if chosen == "cpp" or (chosen == "triton" and _through_op(x.device)):
-        return torch.ops.aot.cosine_cost(*args)
-    if chosen == "triton":
-        return gpu.cosine_cost(*args)
-    return composite.cosine_cost(*args).to(x.dtype)
+    return _run("cosine_cost", backend, x.device, (x, y, x_pos, y_pos, spatial))
 
 
 def sinkhorn(cost: torch.Tensor, anchor_weight: Optional[torch.Tensor] = None,
@@ -138,14 +149,8 @@ def sinkhorn(cost: torch.Tensor, anchor_weight: Optional[torch.Tensor] = None,
     validate.stop(stop)
     validate.values([(cost, "cost", "finite"), (anchor_weight, "anchor_weight", "weight"),
                      (source_weight, "source_weight", "weight")], check_values)
-    chosen = _resolve(backend, cost.device)
     args = (cost, anchor_weight, source_weight, float(eps), int(max_iter), float(tol), stop)
-    if chosen == "cpp" or (chosen == "triton" and _through_op(cost.device)):
-        f, g, iterations, error = torch.ops.aot.sinkhorn(*args)
-    elif chosen == "triton":
-        f, g, iterations, error = gpu.sinkhorn(*args)
-    else:
-        f, g, iterations, error = composite.sinkhorn_op(*args)
+    f, g, iterations, error = _run("sinkhorn", backend, cost.device, args)
     return SinkhornResult(f, g, iterations, error, _plan(cost, f, g, eps) if return_plan else None)
 
 
@@ -203,13 +208,7 @@ def sinkhorn_aggregate(anchors: torch.Tensor, sources: torch.Tensor, *,
             int(max_iter), float(tol), None if tau is None else float(tau),
             None if keep is None else int(keep), anchor_pos, source_pos, spatial, stop, nn_blend,
             keep_quantile, shift_min)
-    chosen = _resolve(backend, anchors.device)
-    if chosen == "cpp" or (chosen == "triton" and _through_op(anchors.device)):
-        out = torch.ops.aot.sinkhorn_aggregate(*args)
-    elif chosen == "triton":
-        out = gpu.sinkhorn_aggregate(*args)
-    else:
-        out = composite.sinkhorn_aggregate(*args)
+    out = _run("sinkhorn_aggregate", backend, anchors.device, args)
     transport = None
     if return_plan:
         a, s = composite.marginals(anchor_weight, source_weight, b, m, n,
@@ -239,27 +238,24 @@ class ClipResult(NamedTuple):
 def _counts(value, name: str, shape, low: int, high: int, device, checks: list):
     """An int64 tensor of `shape` with entries in [low, high]. A Python sequence is checked on
     the host (free); a tensor's range check is appended to `checks` (validate.values)."""
-    if isinstance(value, torch.Tensor):
-        if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
-            raise TypeError(f"{name} must be an integer tensor, got {value.dtype}")
-        if tuple(value.shape) != tuple(shape):
-            raise ValueError(f"{name} must have shape {list(shape)}, got {list(value.shape)}")
-        if value.device != device:
-            raise ValueError(f"{name} is on device {value.device} but frames are on device {device}")
-        value = value.to(torch.int64)
-        checks.append((value, name, ("range", low, high)))
-        return value
-    try:
-        host = torch.as_tensor(value)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise TypeError(f"{name} must be integer counts of shape {list(shape)}: {exc}") from None
-    if host.dtype.is_floating_point or host.dtype.is_complex or host.dtype == torch.bool:
-        raise TypeError(f"{name} must be integer counts, got {host.dtype}")
-    if tuple(host.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {list(shape)}, got {list(host.shape)}")
-    if host.numel() and bool(((host < low) | (host > high)).any()):
-        raise ValueError(f"{name} must be in [{low}, {high}], got {host.tolist()}")
-    return host.to(device=device, dtype=torch.int64)
+    given = isinstance(value, torch.Tensor)
+    if not given:
+        try:
+            value = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"{name} must be integer counts of shape {list(shape)}: {exc}") from None
+    if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+        raise TypeError(f"{name} must be integer counts (an integer tensor), got {value.dtype}")
+    if tuple(value.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(value.shape)}")
+    if not given:
+        if value.numel() and bool(((value < low) | (value > high)).any()):
+            raise ValueError(f"{name} must be in [{low}, {high}], got {value.tolist()}")
+        return value.to(device=device, dtype=torch.int64)
+    if value.device != device:
+        raise ValueError(f"{name} is on device {value.device} but frames are on device {device}")
+    checks.append((value, name, ("range", low, high)))
+    return value.to(torch.int64)
 
 
 def _clip_inputs(frames, lengths, sizes, anchor_weight, keep, tau, check_values):
@@ -319,13 +315,6 @@ def clip_aggregate(frames: torch.Tensor, lengths=None, sizes: Optional[torch.Ten
                                         check_values)
     validate.solver(eps, max_iter, tol)
     validate.aggregation(lam, tau, None, 1)
-    chosen = _resolve(backend, frames.device)
     args = (frames, lengths, sizes, anchor_weight, float(eps), float(lam), int(max_iter),
             float(tol), None if tau is None else float(tau), keep)
-    if chosen == "cpp" or (chosen == "triton" and _through_op(frames.device)):
-        out = torch.ops.aot.clip_aggregate(*args)
-    elif chosen == "triton":
-        out = gpu.clip_aggregate(*args)
-    else:
-        out = composite.clip_aggregate(*args)
-    return ClipResult(*out)
+    return ClipResult(*_run("clip_aggregate", backend, frames.device, args))

@@ -29,6 +29,11 @@ def cosine_cost(x: torch.Tensor, y: torch.Tensor, x_pos=None, y_pos=None,
     return cost if not spatial else cost + spatial_cost(x_pos, y_pos, spatial, cd)
 
 
+def cosine_cost_op(x, y, x_pos=None, y_pos=None, spatial: float = 0.0) -> torch.Tensor:
+    """Same contract as torch.ops.aot.cosine_cost, in plain torch: the cost in x's dtype."""
+    return cosine_cost(x, y, x_pos, y_pos, spatial).to(x.dtype)
+
+
 def spatial_cost(x_pos, y_pos, spatial: float, dtype) -> torch.Tensor:
     """spatial * |p_j - p_i|_2 [B,M,N] for positions [B,M,P], [B,N,P] (SPEC §8.4). Direct
     differences (cdist's matmul shortcut loses digits near 0)."""
@@ -206,10 +211,13 @@ def aggregate_cost(x, y, a, s, anchor_pos=None, source_pos=None, spatial=0.0, sh
     semantic = cosine_cost(x, y)
     cost = semantic if not spatial else semantic + spatial_cost(anchor_pos, source_pos, spatial,
                                                                 semantic.dtype)
-    if shift_min:
-        live = (a > 0).unsqueeze(2) & (s > 0).unsqueeze(1)
-        cost = cost - torch.where(live, cost, float("inf")).amin((1, 2), keepdim=True)
-    return semantic, cost
+    return semantic, (cost - cost_minimum(cost, a, s) if shift_min else cost)
+
+
+def cost_minimum(cost, a, s) -> torch.Tensor:
+    """[B,1,1]: each problem's smallest cost over real (anchor, source) pairs (SPEC §8.7)."""
+    live = (a > 0).unsqueeze(2) & (s > 0).unsqueeze(1)
+    return torch.where(live, cost, float("inf")).amin((1, 2), keepdim=True)
 
 
 def sinkhorn_aggregate(anchors, sources, anchor_weight, source_weight, eps, lam, max_iter, tol,

@@ -51,12 +51,9 @@ def _guarded(launcher, fallback, *args):
         return fallback(*args)
 
 
-def _torch_cosine_cost(x, y, x_pos=None, y_pos=None, spatial=0.0):
-    return composite.cosine_cost(x, y, x_pos, y_pos, spatial).to(x.dtype)
-
-
 def cosine_cost(x, y, x_pos=None, y_pos=None, spatial=0.0):
-    return _guarded(_cost_mod.cost_with_spatial, _torch_cosine_cost, x, y, x_pos, y_pos, spatial)
+    return _guarded(_cost_mod.cost_with_spatial, composite.cosine_cost_op, x, y, x_pos, y_pos,
+                    spatial)
 
 
 def sinkhorn(cost, anchor_weight, source_weight, eps, max_iter, tol, stop="marginal"):

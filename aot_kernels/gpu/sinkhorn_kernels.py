@@ -536,8 +536,7 @@ def sinkhorn_aggregate(anchors, sources, anchor_weight, source_weight, eps, lam,
     if spatial:
         add_spatial_cost(cost32, anchor_pos, source_pos, spatial)
     if shift_min:
-        live = (a > 0).unsqueeze(2) & (s > 0).unsqueeze(1)
-        cost32 -= torch.where(live, cost32, float("inf")).amin((1, 2), keepdim=True)
+        cost32 -= composite.cost_minimum(cost32, a, s)
     f, g, iterations, error = _solve_problems(cost32, a, s, eps, max_iter, tol, path, stop)
     column, confidence, distance = _statistics(cost32, f, g, eps)
     if tau is None and keep is None and keep_quantile is None:  # intra (Eq. 11): W = T
