@@ -244,6 +244,23 @@ def sinkhorn_aggregate(anchors, sources, anchor_weight, source_weight, eps, lam,
             f.to(out), g.to(out), error.to(out))
 
 
+def merged_sizes(sizes: torch.Tensor, mass: torch.Tensor, carried: torch.Tensor, lam: float
+                 ) -> torch.Tensor:
+    """Anchor sizes after one inter-frame step, Eq. 16 (SPEC §5, §9).
+
+    Eq. 16, a_j' = (a_j + lam sum_i p_ij s_i) / (1 + lam P_j) over the merged (stable) tokens i,
+    P_j = sum_i p_ij, weighs the anchor as one fully folded incoming token, whatever its size:
+    its history counts as one incoming token of the incoming tokens' average size
+    Sbar_j = sum_i p_ij S_i / P_j. So a_j' is the weighted mean with per-original weights
+    (Sbar_j / S_a) W_a + sum_i lam p_ij (Sbar_j / S_i) W_i (W: each token's weights over the
+    originals, summing to its size), of total S_j' = Sbar_j (1 + lam P_j) = Sbar_j + lam
+    sum_i p_ij S_i. Where nothing merged into j (P_j = 0) its size stays.
+    sizes [B,M]: S_a; mass [B,M]: P_j; carried [B,M]: sum_i p_ij S_i -> [B,M]."""
+    merged = mass > 0
+    average = carried / torch.where(merged, mass, torch.ones_like(mass))  # no 0/0, even in grads
+    return torch.where(merged, average + lam * carried, sizes.to(average.dtype))
+
+
 def clip_aggregate(frames, lengths, sizes, anchor_weight, eps, lam, max_iter, tol, tau=None,
                    keep=None, replay=None):
     """Same contract and outputs as torch.ops.aot.clip_aggregate, in plain torch: one batched
@@ -289,11 +306,11 @@ def clip_aggregate(frames, lengths, sizes, anchor_weight, eps, lam, max_iter, to
             chosen = select_kept(q, s, keep=count)
         chosen = chosen & live
         weight = merge_weights(transport, s, chosen) * live.unsqueeze(2)
-        tokens, _ = fold(anchors, y, weight, lam)
+        tokens, mass = fold(anchors, y, weight, lam)
         anchors = torch.where(live.unsqueeze(2), tokens, anchors)
         merged = torch.where(live, sizes[:, step], 0.0).to(acc)  # padding may hold anything
         carried = torch.bmm(weight.to(acc), merged.unsqueeze(2)).squeeze(2)
-        anchor_sizes = anchor_sizes + carried
+        anchor_sizes = merged_sizes(anchor_sizes, mass.to(acc), carried, lam)  # SPEC §9
         kept.append(chosen)
         confidence.append(torch.where(live, q, 0.0))
         f_all.append(torch.where(live, f, 0.0))

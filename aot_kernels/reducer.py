@@ -13,8 +13,8 @@ from . import validate
 from .api import clip_aggregate, sinkhorn_aggregate
 from .clips import DYNAMIC_NUM_CLIPS, DYNAMIC_THRESHOLD, dynamic_clips, uniform_clips
 from .selection import even_split, select_anchors
-from .video import (Clip, IndexCache, ReducedVideo, Video, as_videos, finish, grid_of,
-                    received_sizes, retention as check_retention, size_dtype, token_budget)
+from .video import (Clip, IndexCache, ReducedVideo, Video, as_videos, finish, folded_sizes,
+                    grid_of, retention as check_retention, size_dtype, token_budget)
 
 DEFAULT_CLIP_LEN = 8
 # Anchors take ~80% of the budget, dynamic tokens the rest: the paper's LLaVA-OneVision-7B
@@ -219,6 +219,12 @@ class AOTReducer:
     local-anchor window grid. backend: as in `sinkhorn_aggregate`. profile=True synchronises and
     records per-stage milliseconds in `stats`.
 
+    Sizes (SPEC §9: the total weight of the originals in each token). Intra-frame, an anchor
+    holds itself and lam_intra T_ji of each source: size 1 + lam_intra m_j (1 + lam/M with the
+    default probability marginals, about 1 + lam with unit ones). Inter-frame, Eq. 16 weighs an
+    anchor as one merged token of their average size, so a clip anchor's size is that average
+    times 1 + lam_inter sum_i p_ij (`clip_aggregate`). Dynamic tokens keep their intra sizes.
+
     Synchronisation. In quota mode with uniform segmentation (and tol=0 on the "torch"
     backend, whose solver otherwise checks for convergence), a call never waits for the
     device except for the value checks: the plan (clips, anchors, quotas) depends only on
@@ -393,9 +399,8 @@ class AOTReducer:
                                      anchor_weight=self._weights(frames, m, feats), eps=self.eps,
                                      lam=self.lam_intra, max_iter=self.max_iter, tol=self.tol,
                                      backend=self.backend, check_values=False)
-            count = torch.full((frames,), float(n - m), dtype=sdt, device=feats.device)
-            total = torch.full_like(count, float(m) if self.marginals == "unit" else 1.0)
-            tokens, sizes = out.tokens, received_sizes(out.mass.to(sdt), count, total)
+            # SPEC §9: each anchor holds itself and lam T_ji of each source, not whole sources.
+            tokens, sizes = out.tokens, folded_sizes(out.mass.to(sdt), self.lam_intra)
         else:
             tokens, sizes = anchors, torch.ones(frames, m, dtype=sdt, device=feats.device)
         clock.tick("intra_ms")

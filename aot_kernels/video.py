@@ -25,12 +25,14 @@ class ReducedVideo:
     """The tokens a reducer kept, in output order, and where each came from.
 
     tokens [K,D] (input dtype); frame_ids [K] int64: frame of each token; positions [K] int64:
-    original flat index t*N + n, for RoPE / M-RoPE gathers; sizes [K]: how many original tokens
-    each token stands for (fractional under OT merging; sum = F*N when nothing is dropped
-    outright); dynamic [K] bool: AOT's dynamic tokens (kept as they are by the inter-frame stage);
-    clips: [start, end) frame ranges the reducer worked in; grid (h, w). From a batch [B,F,N,D]
-    in quota mode every tensor gains a leading B. `stats`: token counts (and, when profiling,
-    milliseconds) per stage.
+    original flat index t*N + n, for RoPE / M-RoPE gathers; sizes [K]: the total weight of the
+    original tokens in the weighted mean each token is (size x token = sum_k w_k x_k over the
+    originals x_k; SPEC §9): 1 for an original, the member count for an average, fractional
+    under OT folding, which absorbs only part of a source (AOT: lam T_ji in the intra step);
+    dynamic [K] bool: AOT's dynamic tokens (kept as they are by the inter-frame stage);
+    clips: [start, end) frame ranges the reducer worked in; grid (h, w). From a batch
+    [B,F,N,D] in quota mode every tensor gains a leading B. `stats`: token counts (and, when
+    profiling, milliseconds) per stage.
     """
     tokens: torch.Tensor
     frame_ids: torch.Tensor
@@ -199,16 +201,15 @@ def size_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def received_sizes(mass: torch.Tensor, source_count: torch.Tensor, anchor_total: torch.Tensor,
-                   ) -> torch.Tensor:
-    """Original tokens each anchor stands for after OT folding of unit-size sources.
+def folded_sizes(mass: torch.Tensor, lam: float) -> torch.Tensor:
+    """Sizes after an OT fold of original tokens into original tokens (SPEC §3, §9): 1 + lam m_j.
 
-    Source i spreads its one token over the anchors by p_ij = T_ji / sum_j' T_j'i. The Sinkhorn
-    columns are exact (SPEC §2), and with uniform source weights sum_j' T_j'i = total/N_src, so
-    sum_i p_ij = m_j * N_src / total: no plan is needed. mass [B,M], source_count [B], anchor_total
-    [B] -> sizes [B,M], each row summing to M_b + N_src.
-    """
-    return 1.0 + mass * (source_count / anchor_total).unsqueeze(1)
+    The fold x~_j = (x_j + lam sum_i T_ji y_i) / (1 + lam m_j) (Eq. 11) is the weighted mean of
+    the anchor (weight 1) and each source i (weight lam T_ji), so the total weight of originals
+    in x~_j, its size, is 1 + lam m_j with m_j = sum_i T_ji the mass it received. Both callers
+    fold originals into originals: AOT's intra-frame step and the baselines' merge="ot".
+    mass [B,M] -> sizes [B,M]."""
+    return 1.0 + lam * mass
 
 
 def _tracing(like: torch.Tensor) -> bool:

@@ -7,6 +7,7 @@ Batched helpers at the bottom loop over problems.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -256,24 +257,37 @@ def batched_sinkhorn_aggregate(anchors, sources, anchor_weight=None, source_weig
 @dataclass
 class ClipResult:
     anchors: np.ndarray  # [M, D] the clip's anchors after absorbing its frames
-    sizes: np.ndarray  # [M] original tokens each anchor stands for
+    sizes: np.ndarray  # [M] total weight of the originals in each anchor (SPEC §9)
     kept: np.ndarray  # [L, M] bool, dynamic tokens per frame (row 0 and padding rows False)
     confidence: np.ndarray  # [L, M]
     f: np.ndarray  # [L, M] potentials of step l (row 0 and padding rows 0)
     g: np.ndarray  # [L, M]
+    weights: Optional[np.ndarray] = None  # [M, K] the anchors' weights over K originals
 
 
 def clip_aggregate(frames, length=None, sizes=None, anchor_weight=None, eps=0.1, lam=1.0,
-                   max_iter=100, tol=0.0, tau=None, keep=None) -> ClipResult:
+                   max_iter=100, tol=0.0, tau=None, keep=None, weights=None) -> ClipResult:
     """Inter-frame aggregation of one clip (SPEC §5): frames [L, M, D], frame 0 the anchors, only
     the first `length` frames used. At step l the anchors absorb frame l (inter mode with `tau`,
-    or keep[l] dynamic tokens; neither: every token merged), and each anchor's size grows by
-    sum_i p_ij sizes[l, i] over the merged tokens i."""
+    or keep[l] dynamic tokens; neither: every token merged) by Eq. 16.
+
+    Sizes (SPEC §9): Eq. 16 weighs the anchor as one fully folded incoming token, so its history
+    counts as one token of the merged tokens' average size. With P_j = sum_i p_ij and
+    Sbar_j = sum_i p_ij sizes[l, i] / P_j over the merged tokens i, anchor j's size becomes
+    Sbar_j (1 + lam P_j); where nothing merged into j (P_j = 0) it stays.
+
+    weights [L, M, K] (optional): each token's weights over K original tokens (rows summing to
+    its size: token = weights @ originals / size). Tracked through Eq. 16 as the fold weighs
+    them, W_j' = (Sbar_j / S_j) W_j + sum_i lam p_ij (Sbar_j / S_i) W_i, and returned as
+    `weights` [M, K], so that sizes == weights.sum(1) and sizes * anchors == weights @ originals
+    can be checked (SPEC §9)."""
     x = np.asarray(frames, dtype=np.float64)
     steps, m = x.shape[0], x.shape[1]
     length = steps if length is None else int(length)
     size = np.ones((steps, m)) if sizes is None else np.asarray(sizes, dtype=np.float64)
     anchors, anchor_sizes = x[0].copy(), size[0].copy()
+    track = None if weights is None else np.asarray(weights, dtype=np.float64)
+    held = None if track is None else track[0].copy()
     kept, confidence = np.zeros((steps, m), dtype=bool), np.zeros((steps, m))
     f, g = np.zeros((steps, m)), np.zeros((steps, m))
     for step in range(1, length):
@@ -281,10 +295,21 @@ def clip_aggregate(frames, length=None, sizes=None, anchor_weight=None, eps=0.1,
         r = sinkhorn_aggregate(anchors, x[step], anchor_weight, None, eps, lam, max_iter, tol,
                                tau=tau, keep=count)
         for j in range(m):
+            merged, carried = 0.0, 0.0  # P_j and sum_i p_ij S_i over the merged tokens
+            share = np.zeros(m)
             for i in range(m):
                 column = r.plan[:, i].sum()
                 if not r.kept[i] and column > 0:
-                    anchor_sizes[j] += r.plan[j, i] / column * size[step, i]
+                    share[i] = r.plan[j, i] / column
+                    merged += share[i]
+                    carried += share[i] * size[step, i]
+            if merged > 0:
+                average = carried / merged
+                if held is not None:
+                    held[j] = average / anchor_sizes[j] * held[j] + sum(
+                        lam * share[i] * average / size[step, i] * track[step, i]
+                        for i in range(m) if share[i] > 0)
+                anchor_sizes[j] = average * (1.0 + lam * merged)
         anchors = r.tokens
         kept[step], confidence[step], f[step], g[step] = r.kept, r.confidence, r.f, r.g
-    return ClipResult(anchors, anchor_sizes, kept, confidence, f, g)
+    return ClipResult(anchors, anchor_sizes, kept, confidence, f, g, held)

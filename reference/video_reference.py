@@ -33,25 +33,19 @@ def default_plan(frames, tokens, retention, clip_len=None, num_anchors=None, thr
         length += 1
 
 
-def column_shares(plan):
-    """p[j, i] = T_ji / sum_j' T_j'i: how source i spreads over the anchors."""
-    p = np.zeros_like(plan)
-    for i in range(plan.shape[1]):
-        column = plan[:, i].sum()
-        if column > 0:
-            p[:, i] = plan[:, i] / column
-    return p
-
-
 def reduce_video(features, scores, local_scores, grid, windows, num_anchors, clips, retention=None,
                  tau=None, eps=0.1, lam_intra=1.0, lam_inter=1.0, max_iter=100, tol=0.0,
-                 marginals="probability"):
+                 marginals="probability", track_weights=False):
     """AOT on one video [F,N,D] with M anchors per frame and the given clips.
 
     Quota mode (retention): K = round(r F N); each later frame of a clip keeps its share of the
     K - c M dynamic slots (even split over the later frames, remainder to the earliest clip steps).
     Threshold mode: tau. Returns dict of tokens [K,D], frame_ids, positions (t*N + n), sizes
-    (original tokens per output token), dynamic flags; SPEC §5 output order.
+    (SPEC §9: the total weight of the originals in each token), dynamic flags; SPEC §5 output
+    order. track_weights: also "weights" [K, F*N], each output token's weights over the original
+    tokens (flat t*N + n), tracked through every fold as it weighs its inputs (intra: the anchor
+    1, source i lam_intra T_ji; inter: `clip_aggregate`), so sizes == weights.sum(1) and
+    sizes * tokens == weights @ features.reshape(F*N, D).
     """
     x = np.asarray(features, dtype=np.float64)
     frames, n, _ = x.shape
@@ -62,17 +56,24 @@ def reduce_video(features, scores, local_scores, grid, windows, num_anchors, cli
         return None if marginals == "probability" else np.ones(count)
 
     # Intra-frame: each frame's anchors absorb its pruned tokens (SPEC §3).
-    frame_tokens, frame_sizes = [], []
+    frame_tokens, frame_sizes, frame_weights = [], [], []
     for t in range(frames):
+        held = np.zeros((m, frames * n))  # weights over the originals (track_weights)
+        for j in range(m):
+            held[j, t * n + anchors[t][j]] = 1.0
+        frame_weights.append(held)
         if m == n:
             frame_tokens.append(x[t, anchors[t]])
             frame_sizes.append(np.ones(m))
             continue
         r = sinkhorn_aggregate(x[t, anchors[t]], x[t, sources[t]], weights(m), None, eps,
                                lam_intra, max_iter, tol)
-        p = column_shares(r.plan)
         frame_tokens.append(r.tokens)
-        frame_sizes.append(np.array([1.0 + p[j].sum() for j in range(m)]))
+        # SPEC §9: the anchor (weight 1) plus lam T_ji of each source it absorbed.
+        frame_sizes.append(np.array([1.0 + lam_intra * r.plan[j].sum() for j in range(m)]))
+        for j in range(m):
+            for i, k in enumerate(sources[t]):
+                held[j, t * n + k] += lam_intra * r.plan[j, i]
 
     quota = [0] * frames
     if tau is None:
@@ -88,9 +89,11 @@ def reduce_video(features, scores, local_scores, grid, windows, num_anchors, cli
             for t, q in zip(later, even_split(budget - len(clips) * m, len(later))):
                 quota[t] = q
 
-    out = {"tokens": [], "frame_ids": [], "positions": [], "sizes": [], "dynamic": []}
+    out = {"tokens": [], "frame_ids": [], "positions": [], "sizes": [], "dynamic": [],
+           "weights": []}
 
-    def emit(token, size, frame, index, is_dynamic):
+    def emit(token, size, frame, index, is_dynamic, held):
+        out["weights"].append(held)
         out["tokens"].append(token)
         out["sizes"].append(size)
         out["frame_ids"].append(frame)
@@ -101,14 +104,20 @@ def reduce_video(features, scores, local_scores, grid, windows, num_anchors, cli
     for s, e in clips:
         r = clip_aggregate(np.stack(frame_tokens[s:e]), e - s, np.stack(frame_sizes[s:e]),
                            weights(m), eps, lam_inter, max_iter, tol, tau=tau,
-                           keep=None if tau is not None else quota[s:e])
+                           keep=None if tau is not None else quota[s:e],
+                           weights=np.stack(frame_weights[s:e]) if track_weights else None)
         for j in range(m):
-            emit(r.anchors[j], r.sizes[j], s, anchors[s][j], False)
+            emit(r.anchors[j], r.sizes[j], s, anchors[s][j], False,
+                 None if r.weights is None else r.weights[j])
         for t in range(s + 1, e):
             for i in range(m):
                 if r.kept[t - s, i]:
-                    emit(frame_tokens[t][i], frame_sizes[t][i], t, anchors[t][i], True)
-    return {"tokens": np.array(out["tokens"]).reshape(-1, x.shape[2]),
-            "frame_ids": np.array(out["frame_ids"], dtype=np.int64),
-            "positions": np.array(out["positions"], dtype=np.int64),
-            "sizes": np.array(out["sizes"]), "dynamic": np.array(out["dynamic"], dtype=bool)}
+                    emit(frame_tokens[t][i], frame_sizes[t][i], t, anchors[t][i], True,
+                         frame_weights[t][i])
+    result = {"tokens": np.array(out["tokens"]).reshape(-1, x.shape[2]),
+              "frame_ids": np.array(out["frame_ids"], dtype=np.int64),
+              "positions": np.array(out["positions"], dtype=np.int64),
+              "sizes": np.array(out["sizes"]), "dynamic": np.array(out["dynamic"], dtype=bool)}
+    if track_weights:
+        result["weights"] = np.array(out["weights"]).reshape(-1, frames * n)
+    return result

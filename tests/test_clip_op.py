@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import aot_kernels as ak
+from reference import ot_reference as R
 from samples import (BACKENDS, CLIP_SAMPLES, DTYPES, assert_within_rule, clip_inputs,
                      clip_reference, saved_bytes, stack)
 
@@ -44,16 +45,57 @@ def test_clip_aggregate_matches_reference(sample, dtype):
             assert (o.iterations[live] == sample.max_iter).all()
 
 
+def weighted_frames(sample, originals: int = 24):
+    """Frames that are weighted means of `originals` random tokens: weights [C,L,M,K] (each
+    token 3 random originals, rows summing to its size), originals [K,D], and the inputs of
+    clip_inputs with the frames replaced by weights @ originals / sizes."""
+    _, lengths, sizes, kw = clip_inputs(sample)
+    g = torch.Generator().manual_seed(7 + sample.M)
+    base = torch.randn(originals, sample.D, generator=g, dtype=torch.float64)
+    pick = torch.rand(sample.C, sample.L, sample.M, originals, generator=g).argsort(-1)[..., :3]
+    weights = torch.zeros(sample.C, sample.L, sample.M, originals, dtype=torch.float64)
+    weights.scatter_(3, pick, torch.rand(pick.shape, generator=g, dtype=torch.float64) + 0.2)
+    weights *= (sizes / weights.sum(3)).unsqueeze(3)
+    return weights, base, weights @ base / sizes.unsqueeze(3), lengths, sizes, kw
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("sample", CLIP_SAMPLES, ids=lambda s: s.name)
-def test_sizes_are_conserved(sample, backend):
-    """Every merged token's size goes to the anchors (p_ij sums to 1 over j): anchors' sizes +
-    dynamic tokens' sizes = all sizes the clip read."""
-    frames, lengths, sizes, kw = clip_inputs(sample)
+def test_sizes_are_the_weights_the_anchors_hold(sample, backend):
+    """SPEC §9: each anchor is the weighted mean of the originals with weights summing to its
+    size. The frames are built as known weighted means; the reference tracks the weights through
+    Eq. 16 as the fold applies them; the op's sizes are their totals and size x anchor is
+    weights @ originals."""
+    weights, base, frames, lengths, sizes, kw = weighted_frames(sample)
     out = ak.clip_aggregate(frames, lengths, sizes, backend=backend, **kw)
-    frame_used = torch.arange(sample.L) < lengths.view(-1, 1)
-    total = (sizes * frame_used.unsqueeze(2)).sum((1, 2))
-    torch.testing.assert_close(out.sizes.sum(1) + (sizes * out.kept).sum((1, 2)), total)
+    aw, keep = kw.pop("anchor_weight"), kw.pop("keep", None)
+    for c in range(sample.C):
+        ref = R.clip_aggregate(frames[c].numpy(), int(lengths[c]), sizes[c].numpy(),
+                               None if aw is None else aw[c].numpy(),
+                               keep=None if keep is None else keep[c].numpy(),
+                               weights=weights[c].numpy(), **kw)
+        held = torch.from_numpy(ref.weights)
+        torch.testing.assert_close(out.sizes[c], held.sum(1), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(out.sizes[c].unsqueeze(1) * out.anchors[c], held @ base,
+                                   rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_step_with_unit_sizes_keeps_every_token(backend):
+    """Unit sizes, one step: anchor j's size is 1 + sum_i p_ij over the merged tokens (the
+    history counts as one token of size 1), so the anchors and the kept tokens add up to the
+    2M tokens of the clip; an anchor that received nothing keeps size 1."""
+    sample = CLIP_SAMPLES[1]
+    frames, _, _, kw = clip_inputs(sample)
+    frames, _ = frames[:, :2], kw.pop("keep")
+    keep = torch.tensor([[0, 3]] * sample.C)
+    sizes = torch.ones(sample.C, 2, sample.M, dtype=torch.float64)
+    out = ak.clip_aggregate(frames, None, sizes, keep=keep, backend=backend, **kw)
+    step = ak.sinkhorn_aggregate(frames[:, 0], frames[:, 1], keep=3, backend=backend,
+                                 eps=kw["eps"], max_iter=kw["max_iter"], tol=kw["tol"])
+    torch.testing.assert_close(out.sizes, 1 + step.mass)
+    torch.testing.assert_close(out.sizes.sum(1) + out.kept.sum((1, 2)),
+                               torch.full((sample.C,), 2.0 * sample.M, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

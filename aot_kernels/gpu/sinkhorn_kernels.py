@@ -592,8 +592,9 @@ def clip_aggregate(frames, lengths, sizes, anchor_weight, eps, lam, max_iter, to
         chosen &= live
         scale = torch.where(live, composite.merge_scale(column, s, chosen), 0.0)
         merged = torch.where(live, sizes[:, step].float(), 0.0).contiguous()  # padding: anything
-        _, carried = _fold_into(anchors, source, cost32, f, g, scale, anchors, eps, lam, merged)
-        out_sizes += carried
+        mass, carried = _fold_into(anchors, source, cost32, f, g, scale, anchors, eps, lam,
+                                   merged)
+        out_sizes = composite.merged_sizes(out_sizes, mass, carried, lam)  # Eq. 16 (SPEC §9)
         kept[:, step] = chosen
         confidence[:, step] = torch.where(live, conf, 0.0)
         f_all[:, step] = torch.where(live, f, 0.0)

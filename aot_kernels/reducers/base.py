@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from .. import validate
 from ..api import sinkhorn_aggregate
 from ..selection import even_split
-from ..video import (Clip, ReducedVideo, Video, as_videos, finish, grid_of, received_sizes,
+from ..video import (Clip, ReducedVideo, Video, as_videos, finish, folded_sizes, grid_of,
                      retention as check_retention, size_dtype, token_budget)
 
 MERGES = (None, "average", "ot")
@@ -47,9 +47,19 @@ class TokenReducer(ABC):
     """Base of the baselines: subclasses implement `groups(video, grid, frame_budget)`.
 
     retention: kept fraction, K = round(retention F N) per video, spread over frames as evenly as
-    possible (remainder to the first frames). merge: None (drop), "average" (each dropped token is
-    averaged into its target, sizes counted) or "ot" (dropped tokens folded into the receivers
-    with `aot::sinkhorn_aggregate`, eps / max_iter / lam, SPEC §3). Inputs and output as
+    possible (remainder to the first frames). merge: None (drop), "average" or "ot":
+    - "average": each dropped token is averaged into its target (`Group.target`) with weight 1:
+      a kept token becomes the plain mean of its members, size = their count.
+    - "ot": each group's dropped tokens are folded into its receivers along an OT plan, each
+      dropped token's whole unit mass: one `aot::sinkhorn_aggregate` per group (batched, zero
+      weights pad the ragged groups), cosine cost, eps / max_iter, source weights 1 and receiver
+      weights N_drop / M_recv each, so every column of the plan is exact, T_ji = p_ij (dropped
+      token i's share going to receiver j, sum_j p_ij = 1), and each receiver takes the same
+      total. Receiver j becomes (k_j + lam sum_i p_ij y_i) / (1 + lam sum_i p_ij), size
+      1 + lam sum_i p_ij. lam (default 1) is the fraction of each dropped token that is folded:
+      with lam = 1 every dropped token is absorbed whole and the sizes sum to F*N (groups that
+      have receivers); lam = 0 is merge=None.
+    Sizes are the total weight of the originals in each token (SPEC §9). Inputs and output as
     AOTReducer: features [F,N,D] | [B,F,N,D] | list, scores [F,N] (needed by some), grid.
     check_values: NaN/inf in the features and scores (one host sync); False skips it. The
     baselines' selections read values (they wait for the device regardless).
@@ -117,8 +127,9 @@ class TokenReducer(ABC):
                             {"tokens_in": frames * n, "tokens_out": len(kept)})
 
     def _fold_ot(self, flat, slot, tokens, sizes, groups: List[Group]):
-        """One padded, batched sinkhorn_aggregate over every group: receivers absorb the
-        group's dropped tokens (zero weight pads the ragged groups, SPEC §2)."""
+        """merge="ot" (class docstring): one padded, batched sinkhorn_aggregate over every group,
+        its receivers absorbing its dropped tokens (zero weight pads the ragged groups,
+        SPEC §2). The receivers are original tokens, so the fold is Eq. 11 with T = p."""
         live = [g for g in groups if len(g.dropped) and bool(g.receivers.any())]
         if not live:
             return tokens, sizes
@@ -132,13 +143,14 @@ class TokenReducer(ABC):
         for i, (g, r) in enumerate(zip(live, recv)):
             anchors[i, :len(r)] = flat[r]
             sources[i, :len(g.dropped)] = flat[g.dropped]
-            a_w[i, :len(r)] = 1.0 / len(r)
+            # Totals equal (N_drop on both sides): no rescaling, and the solver's exact columns
+            # give each dropped token exactly one unit, T_ji = p_ij.
+            a_w[i, :len(r)] = len(g.dropped) / len(r)
             s_w[i, :len(g.dropped)] = 1.0
         out = sinkhorn_aggregate(anchors, sources, anchor_weight=a_w, source_weight=s_w,
                                  eps=self.eps, lam=self.lam, max_iter=self.max_iter,
                                  backend=self.backend, check_values=False)  # inputs checked
-        count = torch.tensor([float(len(g.dropped)) for g in live], dtype=sizes.dtype, device=dev)
-        got = received_sizes(out.mass.to(sizes.dtype), count, torch.ones_like(count))
+        got = folded_sizes(out.mass.to(sizes.dtype), self.lam)
         tokens, sizes = tokens.clone(), sizes.clone()
         for i, r in enumerate(recv):
             tokens[slot[r]] = out.tokens[i, :len(r)]

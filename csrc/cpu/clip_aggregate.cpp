@@ -1,8 +1,8 @@
 // The inter-frame scan of whole clips (SPEC §5) on CPU: at step l the anchors of every clip still
 // running absorb its frame l. Each step is the batched sinkhorn_aggregate pipeline over those
 // clips (one GEMM for the costs, the Sinkhorn solves in parallel, plan_to_weights, one GEMM for
-// the fold), so the hot loops are the same; the sizes carried into the anchors come out of the
-// same pass over the plan (no second plan).
+// the fold), so the hot loops are the same; the sizes merged into the anchors (SPEC §9) come out
+// of the same pass over the plan (no second plan).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -119,12 +119,19 @@ clip_aggregate_cpu(const at::Tensor& frames, const at::Tensor& lengths, const at
     });
     auto tokens = X * anchor_scale;
     tokens.baddbmm_(W, Y);  // GEMM 2 of 2
+    // Sizes (SPEC §9): Eq. 16 weighs the anchor as one merged token of their average size
+    // Sbar_j = carried_j / P_j (P_j = mass_j = sum_i p_ij), so S_j' = Sbar_j (1 + lam P_j);
+    // an anchor nothing merged into (P_j = 0) keeps its size.
+    auto P = mass.to(acc), Q = carried.to(acc);
+    auto merged = P.gt(0);
+    auto grown = at::where(merged, Q / at::where(merged, P, at::ones_like(P)) + lam * Q,
+                           pick(anchor_sizes));
     if (all) {
       anchors = tokens;
-      anchor_sizes.add_(carried.to(acc));
+      anchor_sizes = grown;
     } else {
       anchors.index_copy_(0, idx, tokens);
-      anchor_sizes.index_add_(0, idx, carried.to(acc));
+      anchor_sizes.index_copy_(0, idx, grown);
     }
     // Per-step outputs of the clips that ran; the others keep their zeros.
     auto put = [&](const at::Tensor& out, const at::Tensor& value) {

@@ -85,9 +85,13 @@ int main() {
   expect(torch::equal(std::get<0>(clip)[1], frames[1][0]) &&
              torch::equal(std::get<1>(clip)[1], torch::ones({M}, opts)),
          "a one-frame clip is left as it is");
-  // Sizes are conserved: merged tokens' sizes move into the anchors, kept ones stay outside.
+  // Sizes (SPEC §9): unit-size tokens merged with shares p_ij make an anchor of size
+  // 1 + sum_i p_ij (the step's mass), so with unit sizes nothing is lost: the anchors hold the
+  // M - 3 merged tokens, the 3 kept ones stay outside.
+  expect(torch::allclose(std::get<1>(clip)[0], 1.0 + std::get<1>(step)[0], 0, 1e-12),
+         "unit-size clip sizes are 1 + received shares");
   const double total = std::get<1>(clip)[0].sum().item<double>() + 3.0;
-  expect(std::abs(total - 2.0 * M) < 1e-9, "clip sizes conserved");
+  expect(std::abs(total - 2.0 * M) < 1e-9, "unit clip sizes conserved");
 
   // Bad input is a ValueError, not a crash.
   bool threw = false;
