@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from . import validate
 from .api import sinkhorn_aggregate
+from .composite import merged_sizes
 from .selection import select_anchors
 from .video import ReducedVideo, Video, as_videos, grid_of, size_dtype
 
@@ -114,11 +115,14 @@ class AuthorsAOTReducer:
     (duplicate_anchors=False leaves out the first block).
 
     ReducedVideo: positions t * P + n and frame_ids refer to the pooled grid (P tokens per
-    frame, 196 for LLaVA-OneVision); sizes count pooled tokens (a merged anchor carries the
-    shares p_ij of the pooled tokens folded into it; cells dropped by the >= 0.5 rule count
-    nowhere; with duplicate_anchors a clip's first frame counts twice, once as it was and once
-    in the merged anchors); dynamic marks the dynamic tokens; clips and grid (the pooled grid)
-    as AOTReducer.
+    frame, 196 for LLaVA-OneVision); sizes are the total weight of the pooled tokens in each
+    token (SPEC §9, counted in pooled tokens: the intra-frame fold happens inside a pooled token,
+    on the un-pooled grid, and is not counted). A kept token counts 1; Eq. 16 weighs a merged
+    anchor as one pooled token, so after a step that merged shares p_ij into it its size is
+    1 + sum_i p_ij (its earlier history shrunk to one token's worth); cells dropped by the
+    >= 0.5 rule count nowhere; with duplicate_anchors a clip's first frame counts twice, once as
+    it was and once in the merged anchors; dynamic marks the dynamic tokens; clips and grid
+    (the pooled grid) as AOTReducer.
     Each stage is one batched call over every frame of every video, each clip step one over
     every clip; the token counts are data, so the call reads them from the device (one host
     read after pooling, one per clip step and one for the output layout).
@@ -258,7 +262,11 @@ class AuthorsAOTReducer:
                 stop="scaling", keep_quantile=self.keep_ratio, shift_min=True,
                 backend=self.backend, check_values=False)
             anchors = anchors.index_copy(0, at, out.tokens)
-            anchor_sizes = anchor_sizes.index_add(0, at, out.mass.to(sdt))
+            # SPEC §9 with Eq. 16 (lam 1): merged pooled tokens count 1 each, so an anchor that
+            # received P_j becomes 1 + P_j (merged_sizes with average size 1).
+            mass = out.mass.to(sdt)
+            anchor_sizes = anchor_sizes.index_copy(
+                0, at, merged_sizes(anchor_sizes.index_select(0, at), mass, mass, 1.0))
             for c, kept in zip(live, out.kept.tolist()):  # one host read per clip step
                 dynamic[(c, step)] = kept
         # Output rows: (frame, slot) for tokens as they are, (None, (clip, slot)) for anchors.

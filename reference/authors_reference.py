@@ -157,6 +157,10 @@ class AuthorsResult:
     positions: np.ndarray  # [K] int64: t * (pooled tokens per frame) + pooled index
     kept_per_frame: List[List[int]]  # pooled indices kept per frame (mask >= 0.5), ascending
     pooled: np.ndarray  # [F, h', w', D]: every frame's pooled map after the intra-frame step
+    # SPEC §9 in pooled tokens: weights [K, F*P] of each output token over the pooled tokens
+    # (flat t*P + k) and sizes [K] their totals, so sizes * tokens == weights @ pooled maps.
+    sizes: np.ndarray = None
+    weights: np.ndarray = None
 
 
 def reduce_video(features, global_scores, local_scores, grid=(27, 27), anchors=126,
@@ -169,7 +173,13 @@ def reduce_video(features, global_scores, local_scores, grid=(27, 27), anchors=1
     frame order, then the merged anchors (the first frame twice, as released); without, the
     dynamic tokens then the merged anchors. inter=False: every frame's kept tokens in order.
     [decided] A frame that keeps no token is skipped; if a clip's first frame keeps none, its
-    later frames' kept tokens all stay (there is nothing to merge them into)."""
+    later frames' kept tokens all stay (there is nothing to merge them into).
+
+    Sizes count pooled tokens (SPEC §9): a pooled token counts 1 (the intra-frame fold happens
+    inside it, on the un-pooled grid); Eq. 16 (lam = 1) makes a merged anchor, which weighs as
+    one pooled token, the mean of itself and its shares p_ij of the merged tokens, so its
+    weights become W_j / S_j + sum_i p_ij e_i, of total 1 + sum_i p_ij (unchanged where it
+    received nothing)."""
     x = np.asarray(features, dtype=np.float64)
     frames, n, d = x.shape
     h, w = grid
@@ -191,13 +201,19 @@ def reduce_video(features, global_scores, local_scores, grid=(27, 27), anchors=1
     per_frame = pooled[0].shape[0] * pooled[0].shape[1]
     flat = [p.reshape(per_frame, d) for p in pooled]
 
-    tokens, frame_ids, index = [], [], []
+    tokens, frame_ids, index, held = [], [], [], []
 
-    def emit(values, t, idx):
-        for v, k in zip(values, idx):
+    def unit(t, k):
+        e = np.zeros(frames * per_frame)
+        e[t * per_frame + k] = 1.0
+        return e
+
+    def emit(values, t, idx, weights=None):
+        for r, (v, k) in enumerate(zip(values, idx)):
             tokens.append(v)
             frame_ids.append(t)
             index.append(t * per_frame + k)
+            held.append(unit(t, k) if weights is None else weights[r])
 
     if not inter:
         for t in range(frames):
@@ -207,6 +223,8 @@ def reduce_video(features, global_scores, local_scores, grid=(27, 27), anchors=1
             end = min(start + clip_len, frames)
             first = kept[start]
             current = flat[start][first]
+            weights = np.array([unit(start, k) for k in first]).reshape(len(first),
+                                                                        frames * per_frame)
             if duplicate_anchors:
                 emit(current, start, first)
             for step in range(1, end - start):
@@ -216,9 +234,17 @@ def reduce_video(features, global_scores, local_scores, grid=(27, 27), anchors=1
                 if not first:  # no anchors to merge into: every token stays [decided]
                     emit(flat[t][kept[t]], t, kept[t])
                     continue
-                current, dynamic, _, _ = inter_step(current, flat[t][kept[t]], step, keep_ratio,
-                                                    eps, max_iter)
+                current, dynamic, _, solved = inter_step(current, flat[t][kept[t]], step,
+                                                         keep_ratio, eps, max_iter)
+                p = solved.plan / solved.plan.sum(axis=0, keepdims=True)
+                for j in range(len(first)):
+                    load = sum(p[j, i] for i in range(len(kept[t])) if not dynamic[i])
+                    if load > 0:
+                        weights[j] = weights[j] / weights[j].sum() + sum(
+                            p[j, i] * unit(t, k) for i, k in enumerate(kept[t]) if not dynamic[i])
                 emit(flat[t][kept[t]][dynamic], t, [k for k, dyn in zip(kept[t], dynamic) if dyn])
-            emit(current, start, first)
+            emit(current, start, first, weights)
+    weights = np.array(held).reshape(len(held), frames * per_frame)
     return AuthorsResult(np.array(tokens).reshape(-1, d), np.array(frame_ids, dtype=np.int64),
-                         np.array(index, dtype=np.int64), kept, np.array(pooled))
+                         np.array(index, dtype=np.int64), kept, np.array(pooled),
+                         weights.sum(axis=1), weights)

@@ -139,10 +139,18 @@ def test_ot_merge_equals_the_reference_aggregation_per_group():
     for t in range(5):
         kept = (plain.positions[plain.frame_ids == t] % 16).tolist()
         dropped = [i for i in range(16) if i not in kept]
-        ref = R.sinkhorn_aggregate(feats[t, kept].numpy(), feats[t, dropped].numpy())
-        np.testing.assert_allclose(out.tokens[out.frame_ids == t].numpy(), ref.tokens, atol=1e-10)
-        p = ref.plan / ref.plan.sum(0, keepdims=True)
+        # merge="ot": unit mass per dropped token, the receivers' demand split evenly.
+        ref = R.sinkhorn_aggregate(feats[t, kept].numpy(), feats[t, dropped].numpy(),
+                                   np.full(len(kept), len(dropped) / len(kept)),
+                                   np.ones(len(dropped)))
+        p = ref.plan / ref.plan.sum(0, keepdims=True)  # each dropped token's shares
+        np.testing.assert_allclose(ref.plan, p, atol=1e-12)  # whole tokens: columns sum to 1
+        k, y = feats[t, kept].numpy(), feats[t, dropped].numpy()
+        want = (k + p @ y) / (1 + p.sum(1, keepdims=True))
+        np.testing.assert_allclose(ref.tokens, want, atol=1e-12)
+        np.testing.assert_allclose(out.tokens[out.frame_ids == t].numpy(), want, atol=1e-10)
         np.testing.assert_allclose(out.sizes[out.frame_ids == t].numpy(), 1 + p.sum(1), atol=1e-10)
+    assert abs(float(out.sizes.sum()) - 5 * 16) < 1e-9  # every dropped token folded whole
 
 
 def test_random_is_seeded_and_list_input_gives_a_list():
