@@ -220,9 +220,10 @@ def sinkhorn_aggregate(anchors: torch.Tensor, sources: torch.Tensor, *,
 
 
 class ClipResult(NamedTuple):
-    """anchors [C,M,D]: each clip's anchors after absorbing its frames. sizes [C,M]: original
-    tokens each anchor stands for. kept [C,L,M] bool: dynamic tokens of each frame (frame 0 and
-    frames past a clip's length: False). confidence [C,L,M]: q_i of each frame's tokens.
+    """anchors [C,M,D]: each clip's anchors after absorbing its frames. sizes [C,M]: the total
+    weight of the originals in each anchor (SPEC §9; `clip_aggregate`). kept [C,L,M] bool:
+    dynamic tokens of each frame (frame 0 and frames past a clip's length: False).
+    confidence [C,L,M]: q_i of each frame's tokens.
     f, g [C,L,M]: the potentials of step l (anchors, frame l's tokens); iterations [C,L] int64
     and error [C,L] as in SinkhornResult. Frame 0 and padding steps: 0."""
     anchors: torch.Tensor
@@ -296,11 +297,21 @@ def clip_aggregate(frames: torch.Tensor, lengths=None, sizes: Optional[torch.Ten
     frames [C,L,M,D]: each clip's intra-frame tokens, frame 0 being its anchors; clip c uses its
     first lengths[c] frames (lengths: [C] ints, default all L). The rest is padding: it never
     reaches a result, but check_values=True checks it for NaN/inf too (False accepts anything).
-    sizes [C,L,M]: original tokens each token stands for (default 1). anchor_weight [C,M]:
-    anchor marginals (default uniform probabilities); each frame's M tokens share the same
-    total uniformly. At step l the anchors absorb frame l: tokens with confidence below `tau`,
-    or the keep[c, l] lowest (keep: [C,L] counts), stay dynamic; the rest are merged with
-    weights p_ij (lam). Neither tau nor keep: every token is merged. Returns a ClipResult.
+    sizes [C,L,M]: the total weight of the originals in each token (default 1).
+    anchor_weight [C,M]: anchor marginals (default uniform probabilities); each frame's M tokens
+    share the same total uniformly. At step l the anchors absorb frame l: tokens with confidence
+    below `tau`, or the keep[c, l] lowest (keep: [C,L] counts), stay dynamic; the rest are
+    merged with weights p_ij (lam). Neither tau nor keep: every token is merged. Returns a
+    ClipResult.
+
+    Sizes (SPEC §9: a token is a weighted mean of originals, its size the weights' total).
+    Eq. 16, a_j' = (a_j + lam sum_i p_ij s_i) / (1 + lam P_j) with P_j = sum_i p_ij over the
+    merged tokens, weighs the anchor as one fully folded incoming token whatever its size: its
+    history counts as one token of the merged tokens' average size Sbar_j = sum_i p_ij S_i / P_j,
+    and its size becomes Sbar_j (1 + lam P_j) = Sbar_j + lam sum_i p_ij S_i (unchanged where
+    P_j = 0). Exactly: with weights W over the originals summing to the sizes, a_j' has weights
+    (Sbar_j / S_j) W_j + sum_i lam p_ij (Sbar_j / S_i) W_i, of total S_j'. Dynamic tokens keep
+    theirs.
 
     One op, torch.ops.aot.clip_aggregate: the CPU kernel scans all clips in C++ (each step
     solved in parallel over the clips), the CUDA kernel runs each step as one batched set of

@@ -51,7 +51,8 @@ AOT_CASES = [  # (frames, N, grid, reducer kwargs)
 
 
 @pytest.mark.parametrize("backend", ["cpp", "torch"])
-@pytest.mark.parametrize("case", AOT_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c[3].items()))
+@pytest.mark.parametrize("case", AOT_CASES,
+                         ids=lambda c: "-".join(f"{k}{v}" for k, v in c[3].items()))
 def test_aot_sizes_are_the_weights_its_folds_give(case, backend):
     """AOTReducer's sizes equal the totals of the weights the reference tracks through the intra
     fold (anchor 1, source lam T_ji) and Eq. 16; its tokens carry exactly those weights (their
