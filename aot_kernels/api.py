@@ -277,7 +277,7 @@ def _clip_inputs(frames, lengths, sizes, anchor_weight, keep, tau, check_values)
             raise ValueError(f"sizes must have shape [{c}, {length}, {m}], got {list(sizes.shape)}")
         if sizes.device != dev:
             raise ValueError(f"sizes is on device {sizes.device} but frames are on device {dev}")
-        checks.append((sizes, "sizes", "finite"))
+        checks.append((sizes, "sizes", "nonnegative"))  # weights' totals (SPEC §9)
     validate.weight(anchor_weight, "anchor_weight", c, m, dev, check_values=False)
     if tau is not None and keep is not None:
         raise ValueError("give tau (threshold mode) or keep (keep-count mode), not both")
@@ -297,7 +297,7 @@ def clip_aggregate(frames: torch.Tensor, lengths=None, sizes: Optional[torch.Ten
     frames [C,L,M,D]: each clip's intra-frame tokens, frame 0 being its anchors; clip c uses its
     first lengths[c] frames (lengths: [C] ints, default all L). The rest is padding: it never
     reaches a result, but check_values=True checks it for NaN/inf too (False accepts anything).
-    sizes [C,L,M]: the total weight of the originals in each token (default 1).
+    sizes [C,L,M]: the total weight of the originals in each token, >= 0 (default 1).
     anchor_weight [C,M]: anchor marginals (default uniform probabilities); each frame's M tokens
     share the same total uniformly. At step l the anchors absorb frame l: tokens with confidence
     below `tau`, or the keep[c, l] lowest (keep: [C,L] counts), stay dynamic; the rest are

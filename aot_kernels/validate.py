@@ -43,9 +43,10 @@ _VALUE_MESSAGES = {
 def values(checks, enabled: bool = True) -> None:
     """Data checks of several tensors with one host synchronisation.
 
-    checks: (tensor or None, name, kind) with kind "finite" (no NaN/inf), "weight" (finite,
-    >= 0, and some positive entry in every row of the last dim), ("range", low, high)
-    (integers in [low, high]) or ("keep", k) (a weight with >= k positive entries per row).
+    checks: (tensor or None, name, kind) with kind "finite" (no NaN/inf), "nonnegative"
+    (finite, >= 0), "weight" (finite, >= 0, and some positive entry in every row of the last
+    dim), ("range", low, high) (integers in [low, high]) or ("keep", k) (a weight with >= k
+    positive entries per row).
     Each check is a reduction or two; all flags come back in one transfer, so on CUDA the
     whole call is one sync.
     enabled=False (the API's check_values=False) skips it: nothing is read. Skipped while
@@ -69,9 +70,12 @@ def values(checks, enabled: bool = True) -> None:
             continue
         flags.append(~(torch.isfinite(low) & torch.isfinite(high)))
         labels.append(("finite", name))
+        if kind in ("weight", "nonnegative"):
+            flags.append(low < 0)
+            labels.append(("negative", name))
         if kind == "weight":
-            flags += [low < 0, ~(t.sum(-1) > 0).all()]
-            labels += [("negative", name), ("empty", name)]
+            flags.append(~(t.sum(-1) > 0).all())
+            labels.append(("empty", name))
     if not flags:
         return
     for bad, (kind, name) in zip(torch.stack(flags).tolist(), labels):  # the one sync

@@ -126,6 +126,7 @@ def test_clip_aggregate_bad_inputs_are_named():
         (dict(lengths=torch.tensor([1.0, 2.0])), TypeError, "lengths"),
         (dict(sizes=torch.full((2, 3, 4), float("-inf"))), ValueError, "sizes contains NaN or inf"),
         (dict(sizes=torch.ones(2, 3, 5)), ValueError, "sizes"),
+        (dict(sizes=-torch.ones(2, 3, 4)), ValueError, "sizes has negative entries"),
         (dict(keep=[[0, 1, 1]]), ValueError, "keep"),
         (dict(keep=[[0, 1, 5], [0, 0, 0]]), ValueError, "keep must be in"),
         (dict(keep=torch.tensor([[0, 1, 5], [0, 0, 0]])), ValueError, "keep must be in"),
