@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from fractions import Fraction
 from dataclasses import dataclass
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -19,7 +20,7 @@ from .video import (Clip, IndexCache, ReducedVideo, Video, as_videos, finish, gr
 DEFAULT_CLIP_LEN = 8
 # Anchors take ~80% of the budget, dynamic tokens the rest: the paper's LLaVA-OneVision-7B
 # setting (32 frames, 10%, 126 anchors, 8-frame clips) puts 4 x 126 = 504 of 627 tokens in anchors.
-ANCHOR_SHARE = (4, 5)
+ANCHOR_SHARE = 0.8
 MARGINALS = ("probability", "unit")
 QUOTAS = ("uniform", "adaptive")
 SEGMENTATIONS = ("uniform", "dynamic")
@@ -41,17 +42,20 @@ PRESETS = {
 }
 
 
-def default_anchors(budget: int, frames: int, clips: int, tokens: int) -> Optional[int]:
+def default_anchors(budget: int, frames: int, clips: int, tokens: int,
+                    share: float = ANCHOR_SHARE) -> Optional[int]:
     """Anchors per frame for a budget of K tokens over F frames in c clips (None: infeasible).
 
-    M = floor(0.8 K / c), clamped to [ceil(K / F), min(N, floor(K / c))]: the clips' anchors
+    M = floor(share K / c), clamped to [ceil(K / F), min(N, floor(K / c))]: the clips' anchors
     (c M) fit in K, and the later frames' M tokens each can hold the K - c M dynamic slots.
+    The share is taken as an exact fraction (0.8 = 4/5), so no float rounding moves M.
     """
     low = -(-budget // frames)
     high = min(tokens, budget // clips)
     if low > high:
         return None
-    return min(max(ANCHOR_SHARE[0] * budget // (ANCHOR_SHARE[1] * clips), low), high)
+    share = Fraction(share).limit_denominator(10 ** 6)
+    return min(max(share.numerator * budget // (share.denominator * clips), low), high)
 
 
 def later_frames(clips: Sequence[Clip]) -> List[int]:
@@ -250,8 +254,9 @@ class AOTReducer:
     Threshold mode (tau in [0, 1]) keeps every token whose best assignment probability is < tau.
     Defaults adapt to any F, N and retention: clip_len=None starts at 8 frames (the paper's
     setting) and grows until the budget is feasible; num_anchors=None takes
-    M = floor(0.8 K / c) clamped to [ceil(K / F), min(N, floor(K / c))] (~80% of the budget in
-    anchors; 125 for LLaVA-OneVision's 32 x 196 at 10%, where the paper uses 126).
+    M = floor(anchor_share K / c) clamped to [ceil(K / F), min(N, floor(K / c))] (default 0.8:
+    ~80% of the budget in anchors; 125 for LLaVA-OneVision's 32 x 196 at 10%, where the paper
+    uses 126).
     segmentation="dynamic" cuts clips with FastVID's DySeg on the frames' mean tokens
     (num_clips, seg_threshold) instead of every clip_len frames. quota="uniform" spreads the
     K - c M dynamic slots evenly over the later frames; quota="adaptive" gives `content_share`
@@ -284,7 +289,8 @@ class AOTReducer:
                  marginals: str = "probability", windows: Tuple[int, int] = (2, 2),
                  backend: str = "auto", num_clips: int = DYNAMIC_NUM_CLIPS,
                  seg_threshold: float = DYNAMIC_THRESHOLD, grid: Optional[Tuple[int, int]] = None,
-                 quota: str = "uniform", content_share: float = 0.5,
+                 anchor_share: float = ANCHOR_SHARE, quota: str = "uniform",
+                 content_share: float = 0.5,
                  profile: bool = False, check_values: bool = True):
         self.retention = check_retention(retention)
         self.num_anchors = None if num_anchors is None else validate.integer(num_anchors, "num_anchors", 1)
@@ -307,6 +313,11 @@ class AOTReducer:
         if not 0.0 <= share < 1.0:
             raise ValueError(f"content_share must be in [0, 1), got {content_share!r}")
         self.quota, self.content_share = quota, share
+        self.anchor_share = validate._real(anchor_share, "anchor_share")
+        if not 0.0 < self.anchor_share <= 1.0:
+            raise ValueError(f"anchor_share must be in (0, 1], got {anchor_share!r}")
+        if num_anchors is not None and anchor_share != ANCHOR_SHARE:
+            raise ValueError("give num_anchors or anchor_share, not both")
         self.num_clips = validate.integer(num_clips, "num_clips", 1)
         self.seg_threshold = validate._real(seg_threshold, "seg_threshold")
         self.windows = validate.pair_of_ints(windows, "windows")
@@ -369,7 +380,8 @@ class AOTReducer:
         while True:
             plan_clips = clips if clips is not None else uniform_clips(frames, clip_len)
             c = len(plan_clips)
-            m = self.num_anchors if self.num_anchors is not None else default_anchors(budget, frames, c, tokens)
+            m = (self.num_anchors if self.num_anchors is not None
+                 else default_anchors(budget, frames, c, tokens, self.anchor_share))
             ok = m is not None and m <= tokens and (self.tau is not None or c * m <= budget <= frames * m)
             if ok or not auto_len or clip_len >= frames:
                 break

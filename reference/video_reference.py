@@ -2,6 +2,8 @@
 clip by clip, in plain loops over the per-problem reference ops. No torch."""
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 
 from reference.ot_reference import clip_aggregate, sinkhorn_aggregate
@@ -12,9 +14,11 @@ def even_split(total, parts):
     return [total // parts + (1 if k < total % parts else 0) for k in range(parts)]
 
 
-def default_plan(frames, tokens, retention, clip_len=None, num_anchors=None, threshold=False):
+def default_plan(frames, tokens, retention, clip_len=None, num_anchors=None, threshold=False,
+                 anchor_share=0.8):
     """[decided] defaults: clips of 8 frames (grown until feasible when clip_len is None) and
-    M = floor(0.8 K / c) clamped to [ceil(K / F), min(N, floor(K / c))]. Returns (M, clips)."""
+    M = floor(anchor_share K / c) clamped to [ceil(K / F), min(N, floor(K / c))], the share as
+    an exact fraction. Returns (M, clips)."""
     budget = round(retention * frames * tokens)
     length = min(8, frames) if clip_len is None else clip_len
     while True:
@@ -24,7 +28,9 @@ def default_plan(frames, tokens, retention, clip_len=None, num_anchors=None, thr
         if m is None:
             low = int(np.ceil(budget / frames))
             high = min(tokens, budget // c)
-            m = None if low > high else min(max((4 * budget) // (5 * c), low), high)
+            share = Fraction(anchor_share).limit_denominator(10 ** 6)
+            m = None if low > high else min(max((share.numerator * budget)
+                                                 // (share.denominator * c), low), high)
         ok = m is not None and m <= tokens and (threshold or c * m <= budget <= frames * m)
         if ok:
             return m, clips

@@ -1,5 +1,6 @@
-"""quota='adaptive' (issue 13): the K - c M dynamic slots follow the content, K stays exact,
-against the float64 reference's literal slot-by-slot allocation, and without host reads."""
+"""How AOTReducer splits its exact budget K (issue 13): the anchor share, and quota='adaptive',
+where the K - c M dynamic slots follow the content, against the float64 reference's literal
+slot-by-slot allocation, and without host reads."""
 import pytest
 import torch
 
@@ -101,7 +102,23 @@ def test_adaptive_quota_compiles_with_fullgraph():
     assert torch.equal(compiled(feats, scores), eager.positions)
 
 
+@pytest.mark.parametrize("share", [0.5, 0.8, 0.95, 1.0])
+@pytest.mark.parametrize("frames,retention", [(32, 0.10), (9, 0.3), (16, 0.25)])
+def test_anchor_share_matches_reference(share, frames, retention):
+    feats, scores = video(frames)
+    out = AOTReducer(retention, anchor_share=share)(feats, scores, grid=(4, 4))
+    m, clips = default_plan(frames, 16, retention, anchor_share=share)
+    assert out.stats["anchors_per_frame"] == m and out.clips == clips
+    compare(out, reduce_video(feats.numpy(), scores.numpy(), None, (4, 4), (2, 2), m, clips,
+                              retention=retention))
+    anchors = len(clips) * m
+    assert anchors <= len(out) and (share < 1.0 or anchors > 0.9 * len(out) or m == 16)
+
+
 @pytest.mark.parametrize("kw,match", [
+    (dict(anchor_share=0.0), r"anchor_share must be in \(0, 1\]"),
+    (dict(anchor_share=1.5), r"anchor_share must be in \(0, 1\]"),
+    (dict(anchor_share=0.5, num_anchors=4), "not both"),
     (dict(quota="even"), "quota must be one of"),
     (dict(quota="adaptive", tau=0.5), "needs tau=None"),
     (dict(quota="adaptive", content_share=1.0), r"content_share must be in \[0, 1\)"),
