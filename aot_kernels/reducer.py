@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from fractions import Fraction
 from dataclasses import dataclass
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -19,8 +20,9 @@ from .video import (Clip, IndexCache, ReducedVideo, Video, as_videos, finish, fo
 DEFAULT_CLIP_LEN = 8
 # Anchors take ~80% of the budget, dynamic tokens the rest: the paper's LLaVA-OneVision-7B
 # setting (32 frames, 10%, 126 anchors, 8-frame clips) puts 4 x 126 = 504 of 627 tokens in anchors.
-ANCHOR_SHARE = (4, 5)
+ANCHOR_SHARE = 0.8
 MARGINALS = ("probability", "unit")
+QUOTAS = ("uniform", "adaptive")
 SEGMENTATIONS = ("uniform", "dynamic")
 
 
@@ -40,17 +42,20 @@ PRESETS = {
 }
 
 
-def default_anchors(budget: int, frames: int, clips: int, tokens: int) -> Optional[int]:
+def default_anchors(budget: int, frames: int, clips: int, tokens: int,
+                    share: float = ANCHOR_SHARE) -> Optional[int]:
     """Anchors per frame for a budget of K tokens over F frames in c clips (None: infeasible).
 
-    M = floor(0.8 K / c), clamped to [ceil(K / F), min(N, floor(K / c))]: the clips' anchors
+    M = floor(share K / c), clamped to [ceil(K / F), min(N, floor(K / c))]: the clips' anchors
     (c M) fit in K, and the later frames' M tokens each can hold the K - c M dynamic slots.
+    The share is taken as an exact fraction (0.8 = 4/5), so no float rounding moves M.
     """
     low = -(-budget // frames)
     high = min(tokens, budget // clips)
     if low > high:
         return None
-    return min(max(ANCHOR_SHARE[0] * budget // (ANCHOR_SHARE[1] * clips), low), high)
+    share = Fraction(share).limit_denominator(10 ** 6)
+    return min(max(share.numerator * budget // (share.denominator * clips), low), high)
 
 
 def later_frames(clips: Sequence[Clip]) -> List[int]:
@@ -96,31 +101,14 @@ class _Clips(NamedTuple):
     """Stage-3 inputs of the videos sharing an anchor count M (frames stacked video after
     video), from their plans only. C clips (every video's, in order), L the longest.
     rows [C,L] int64: each (clip, step)'s frame (steps past a clip's end repeat its first
-    frame: padding, never read). lengths [C] int64. keep [C,L] int64 (quota mode) or None.
-    counts [C][L]: keep on the host (quota mode) or None. in_place: rows is 0, 1, ..., C*L-1
-    (equal clips covering every frame), so the frames are a view, not a gather."""
+    frame: padding, never read). local [C,L] int64: the same frames counted within their video.
+    lengths [C] int64. keep [C,L] int64 (quota mode) or None. in_place: rows is 0, 1, ...,
+    C*L-1 (equal clips covering every frame), so the frames are a view, not a gather."""
     rows: torch.Tensor
+    local: torch.Tensor
     lengths: torch.Tensor
     keep: Optional[torch.Tensor]
-    counts: Optional[List[List[int]]]
     in_place: bool
-
-
-class _Layout(NamedTuple):
-    """Where each output token comes from, given the dynamic tokens per (clip, step).
-
-    Dynamic tokens, all clips' by (clip, step, slot): row r = k L + l of the [C*L, M] kept
-    mask, stably sorted by ~kept, starts with its counts[k][l] kept slots in slot order. Per
-    dynamic token, row_start [T] = r M and pick [T] = r M + its rank in the row, so its row in
-    [C*L*M] is row_start + order.flatten()[pick]. gather [K_1 + K_2 + ...]: every video's
-    tokens in SPEC §5 order, as rows of [C*M clip anchors; T dynamic tokens]; frame_ids and
-    dynamic [K_1 + K_2 + ...] alike. tokens: K_b per video."""
-    row_start: torch.Tensor
-    pick: torch.Tensor
-    gather: torch.Tensor
-    frame_ids: torch.Tensor
-    dynamic: torch.Tensor
-    tokens: List[int]
 
 
 def _long(values, device) -> torch.Tensor:
@@ -129,48 +117,106 @@ def _long(values, device) -> torch.Tensor:
 
 
 def _clip_inputs(plans: Sequence[_Plan], device) -> _Clips:
-    starts, lengths, counts = [], [], []
+    starts, local, lengths, counts = [], [], [], []
     offset = 0
     for p in plans:
         for s, e in p.clips:
             starts.append(offset + s)
+            local.append(s)
             lengths.append(e - s)
             if p.keep is not None:
                 counts.append(p.keep[s:e])
         offset += p.clips[-1][1]
     longest = max(lengths)
-    rows = [[start + (step if step < count else 0) for step in range(longest)]
-            for start, count in zip(starts, lengths)]
+    steps = lambda start, count: [start + (step if step < count else 0)  # noqa: E731
+                                  for step in range(longest)]
+    rows = [steps(start, count) for start, count in zip(starts, lengths)]
     in_place = [r for row in rows for r in row] == list(range(len(rows) * longest))
-    if plans[0].keep is None:
-        return _Clips(_long(rows, device), _long(lengths, device), None, None, in_place)
-    counts = [q + [0] * (longest - len(q)) for q in counts]
-    return _Clips(_long(rows, device), _long(lengths, device), _long(counts, device), counts,
+    local = [steps(start, count) for start, count in zip(local, lengths)]
+    keep = None
+    if plans[0].keep is not None:
+        keep = _long([q + [0] * (longest - len(q)) for q in counts], device)
+    return _Clips(_long(rows, device), _long(local, device), _long(lengths, device), keep,
                   in_place)
 
 
-def _layout(plans: Sequence[_Plan], counts: List[List[int]], m: int, device) -> _Layout:
-    longest, table = len(counts[0]), len(counts) * m  # clip anchors first, then dynamic tokens
-    row_start, pick, gather, frame_ids, dynamic, tokens = [], [], [], [], [], []
-    k = 0
+class _Layout(NamedTuple):
+    """Where each output token comes from, given the dynamic tokens per (clip, step) as a
+    device tensor (so the counts may be data: content-adaptive quotas, threshold mode).
+
+    Output tokens, every video's in SPEC §5 order, are rows of the table [C*M clip anchors;
+    C*L*M frame tokens]: source [K_1 + K_2 + ...]. frame_ids (within the video) and dynamic
+    alike; tokens: K_b per video (host ints)."""
+    source: torch.Tensor
+    frame_ids: torch.Tensor
+    dynamic: torch.Tensor
+    tokens: List[int]
+
+
+def _layout(counts: torch.Tensor, kept: torch.Tensor, local: torch.Tensor,
+            tokens: List[int]) -> _Layout:
+    """counts [C,L] int64: dynamic tokens of each (clip, step) (step 0 ignored: its slot is the
+    clip's M anchors); kept [C,L,M] bool: which ones (counts[c, l] of them True); local [C,L]:
+    frames within their video; tokens: K_b per video. Index arithmetic only (no host read):
+    output segments are, clip by clip, its anchors then its steps' kept tokens in slot order,
+    and each output position finds its segment by a search over the segments' ends."""
+    c, length, m = kept.shape
+    first = torch.arange(length, device=kept.device) == 0
+    seg_len = torch.where(first, m, counts).view(-1)  # [C*L]
+    ends = torch.cumsum(seg_len, 0)
+    out = torch.arange(sum(tokens), device=kept.device)
+    seg = torch.searchsorted(ends, out, right=True)
+    offset = out - (ends.index_select(0, seg) - seg_len.index_select(0, seg))
+    anchor = first.repeat(c).index_select(0, seg)
+    # Kept slots first in each (clip, step) row, in slot order (= position order).
+    order = torch.sort((~kept).view(c * length, m).to(torch.int8), dim=1, stable=True).indices
+    slot = order.view(-1).index_select(0, seg * m + offset)
+    source = torch.where(anchor, (seg // length) * m + offset, c * m + seg * m + slot)
+    return _Layout(source, local.view(-1).index_select(0, seg), ~anchor, tokens)
+
+
+def adaptive_quotas(frames: torch.Tensor, lengths: torch.Tensor, plans: Sequence[_Plan],
+                    share: float) -> torch.Tensor:
+    """Dynamic tokens per (clip, step) that follow the content, without reading it on the host.
+
+    frames [C,L,M,D]: every clip's intra-frame tokens (step 0 its anchors); lengths [C]; the
+    plans of the videos whose clips these are (each video's K - c M dynamic slots, a host int,
+    stays exact). A later frame's novelty is the mean cosine distance of its tokens to their
+    nearest token of its clip's first frame (a scene cut inside a clip makes every frame after
+    it novel). Its weight is (1 - share) / cells + share * novelty / total novelty over the
+    video's later frames; slots go by the Webster (Sainte-Lague) rule: slot s of a frame has
+    priority (s + 1/2) / weight, and each video keeps its smallest priorities, at most M per
+    frame; ties go to the earliest clip steps, so share 0 reproduces `dynamic_quotas`.
+    Returns [C,L] int64 (0 at step 0 and on padding)."""
+    c, length, m, _ = frames.shape
+    unit = torch.nn.functional.normalize(frames.float(), dim=-1, eps=1e-12)
+    near = (unit[:, 1:] @ unit[:, :1].transpose(-1, -2)).amax(-1)  # [C,L-1,M]
+    steps = torch.arange(length, device=frames.device)
+    valid = (steps.unsqueeze(0) < lengths.unsqueeze(1)) & (steps > 0)  # [C,L]
+    novelty = torch.cat([near.new_zeros(c, 1), (1 - near).mean(-1).clamp_min(0)], 1) * valid
+    priority = (torch.arange(m, device=frames.device) + 0.5).view(1, 1, m)
+    counts = torch.zeros(c * length, dtype=torch.long, device=frames.device)
+    first = 0
     for p in plans:
-        before = len(gather)
-        for s, _ in p.clips:
-            gather += range(k * m, (k + 1) * m)
-            frame_ids += [s] * m
-            dynamic += [False] * m
-            for step, q in enumerate(counts[k]):
-                gather += range(table + len(pick), table + len(pick) + q)
-                frame_ids += [s + step] * q
-                dynamic += [True] * q
-                start = (k * longest + step) * m
-                row_start += [start] * q
-                pick += range(start, start + q)
-            k += 1
-        tokens.append(len(gather) - before)
-    return _Layout(_long(row_start, device), _long(pick, device), _long(gather, device),
-                   _long(frame_ids, device),
-                   torch.as_tensor(dynamic, dtype=torch.bool, device=device), tokens)
+        clips = slice(first, first + len(p.clips))
+        first += len(p.clips)
+        cells = sum(e - s - 1 for s, e in p.clips)
+        slots = p.budget - len(p.clips) * p.anchors
+        if cells == 0 or slots == 0:
+            continue
+        nov, ok = novelty[clips], valid[clips]
+        total = nov.sum()
+        content = torch.where(total > 0, nov / total.clamp_min(1e-30), 1.0 / cells)
+        weight = (1 - share) / cells + share * content
+        key = torch.where(ok.unsqueeze(-1), priority / weight.unsqueeze(-1).clamp_min(1e-30),
+                          torch.inf)
+        # Slot-major, then step, then clip: equal priorities go to the earliest clip steps, as
+        # in dynamic_quotas (share 0 gives exactly the uniform quotas).
+        key = key.permute(2, 1, 0).reshape(-1)
+        pick = torch.sort(key, stable=True).indices[:slots] % (length * len(p.clips))
+        cell = (pick % len(p.clips) + clips.start) * length + pick // len(p.clips)
+        counts.index_add_(0, cell, torch.ones_like(cell))
+    return counts.view(c, length)
 
 
 class _Clock:
@@ -208,10 +254,14 @@ class AOTReducer:
     Threshold mode (tau in [0, 1]) keeps every token whose best assignment probability is < tau.
     Defaults adapt to any F, N and retention: clip_len=None starts at 8 frames (the paper's
     setting) and grows until the budget is feasible; num_anchors=None takes
-    M = floor(0.8 K / c) clamped to [ceil(K / F), min(N, floor(K / c))] (~80% of the budget in
-    anchors; 125 for LLaVA-OneVision's 32 x 196 at 10%, where the paper uses 126).
+    M = floor(anchor_share K / c) clamped to [ceil(K / F), min(N, floor(K / c))] (default 0.8:
+    ~80% of the budget in anchors; 125 for LLaVA-OneVision's 32 x 196 at 10%, where the paper
+    uses 126).
     segmentation="dynamic" cuts clips with FastVID's DySeg on the frames' mean tokens
-    (num_clips, seg_threshold) instead of every clip_len frames.
+    (num_clips, seg_threshold) instead of every clip_len frames. quota="uniform" spreads the
+    K - c M dynamic slots evenly over the later frames; quota="adaptive" gives `content_share`
+    of them by novelty (a frame far from its clip's first frame, e.g. after a scene cut, gets
+    more; `adaptive_quotas`), K staying exact and nothing read on the host.
 
     OT: eps, max_iter, tol as in `sinkhorn` (both stages); lam_intra / lam_inter weigh the
     folded context (0 returns the input tokens unchanged). marginals="probability" (the paper's
@@ -228,9 +278,10 @@ class AOTReducer:
     Synchronisation. In quota mode with uniform segmentation (and tol=0 on the "torch"
     backend, whose solver otherwise checks for convergence), a call never waits for the
     device except for the value checks: the plan (clips, anchors, quotas) depends only on
-    shapes, selections use fixed counts (sorts, gathers), and the output is assembled with
-    index tensors built from the plan once per shape and device (a warmed-up reducer copies
-    nothing from the host, so it can be captured in a CUDA graph). check_values=True (default)
+    shapes, selections use fixed counts (sorts, gathers), the adaptive quotas are device
+    tensors, and the output is assembled by index arithmetic on the device from the per-step
+    counts and index tensors built from the plan once per shape and device (a warmed-up
+    reducer copies nothing from the host, so it can be captured in a CUDA graph). check_values=True (default)
     checks the features and scores for NaN/inf with one host sync per call; False reads no
     values. Shapes and types are always checked. Threshold mode syncs once more (to count each
     clip's dynamic tokens), segmentation="dynamic" whenever it cuts clips (the cuts depend on
@@ -244,6 +295,8 @@ class AOTReducer:
                  marginals: str = "probability", windows: Tuple[int, int] = (2, 2),
                  backend: str = "auto", num_clips: int = DYNAMIC_NUM_CLIPS,
                  seg_threshold: float = DYNAMIC_THRESHOLD, grid: Optional[Tuple[int, int]] = None,
+                 anchor_share: float = ANCHOR_SHARE, quota: str = "uniform",
+                 content_share: float = 0.5,
                  profile: bool = False, check_values: bool = True):
         self.retention = check_retention(retention)
         self.num_anchors = None if num_anchors is None else validate.integer(num_anchors, "num_anchors", 1)
@@ -258,6 +311,19 @@ class AOTReducer:
         validate.aggregation(lam_intra, None, None, 1)
         validate.aggregation(lam_inter, tau, None, 1)
         validate.backend(backend)
+        if quota not in QUOTAS:
+            raise ValueError(f"quota must be one of {QUOTAS}, got {quota!r}")
+        if quota == "adaptive" and tau is not None:
+            raise ValueError("quota='adaptive' spreads an exact budget: it needs tau=None")
+        share = validate._real(content_share, "content_share")
+        if not 0.0 <= share < 1.0:
+            raise ValueError(f"content_share must be in [0, 1), got {content_share!r}")
+        self.quota, self.content_share = quota, share
+        self.anchor_share = validate._real(anchor_share, "anchor_share")
+        if not 0.0 < self.anchor_share <= 1.0:
+            raise ValueError(f"anchor_share must be in (0, 1], got {anchor_share!r}")
+        if num_anchors is not None and anchor_share != ANCHOR_SHARE:
+            raise ValueError("give num_anchors or anchor_share, not both")
         self.num_clips = validate.integer(num_clips, "num_clips", 1)
         self.seg_threshold = validate._real(seg_threshold, "seg_threshold")
         self.windows = validate.pair_of_ints(windows, "windows")
@@ -300,7 +366,8 @@ class AOTReducer:
         mode = f"tau={self.tau}" if self.tau is not None else "quota"
         return (f"AOTReducer(retention={self.retention}, num_anchors={self.num_anchors}, "
                 f"clip_len={self.clip_len}, segmentation={self.segmentation!r}, {mode}, "
-                f"eps={self.eps}, max_iter={self.max_iter}, marginals={self.marginals!r})")
+                f"eps={self.eps}, max_iter={self.max_iter}, marginals={self.marginals!r}, "
+                f"quota={self.quota!r})")
 
     # ---- budget ------------------------------------------------------------------------------
     def _dynamic_clips(self, video: Video) -> Optional[List[Clip]]:
@@ -319,7 +386,8 @@ class AOTReducer:
         while True:
             plan_clips = clips if clips is not None else uniform_clips(frames, clip_len)
             c = len(plan_clips)
-            m = self.num_anchors if self.num_anchors is not None else default_anchors(budget, frames, c, tokens)
+            m = (self.num_anchors if self.num_anchors is not None
+                 else default_anchors(budget, frames, c, tokens, self.anchor_share))
             ok = m is not None and m <= tokens and (self.tau is not None or c * m <= budget <= frames * m)
             if ok or not auto_len or clip_len >= frames:
                 break
@@ -408,8 +476,8 @@ class AOTReducer:
 
     def _inter(self, tokens, sizes, index, plans: List[_Plan], n: int, clock: _Clock):
         """Stage 3 (inter-frame folding) of every clip of the videos sharing M at once, from
-        _intra's outputs, and the output assembly: index arithmetic with tensors that depend
-        only on the plans (cached per device), except in threshold mode. Returns per video
+        _intra's outputs, and the output assembly (`_layout`: index arithmetic on the device;
+        only threshold mode reads its counts on the host, for the tokens per video). Returns per video
         (tokens [K,D], sizes [K], frame_ids [K], positions [K], dynamic [K])."""
         m, d = tokens.shape[1:]
         shape = (m, tuple((tuple(p.clips), None if p.keep is None else tuple(p.keep))
@@ -421,34 +489,35 @@ class AOTReducer:
         frames = take(tokens).view(c, length, m, d)
         frame_sizes = take(sizes).view(c, length, m)
         frame_index = take(index).view(c, length, m)
+        keep = clips.keep
+        if keep is not None and self.quota == "adaptive":
+            keep = adaptive_quotas(frames, clips.lengths, plans, self.content_share)
         out = clip_aggregate(frames, clips.lengths, frame_sizes,
                              anchor_weight=self._weights(c, m, frames), eps=self.eps,
                              lam=self.lam_inter, max_iter=self.max_iter, tol=self.tol,
-                             tau=self.tau, keep=clips.keep, backend=self.backend,
+                             tau=self.tau, keep=keep, backend=self.backend,
                              check_values=False)
-        if clips.counts is not None:  # quota mode: every (clip, step) keeps its planned count
-            layout = self._cache.get(("layout", shape), tokens,
-                                     lambda dev: _layout(plans, clips.counts, m, dev))
+        if keep is not None:  # quota mode: every video keeps its K_b tokens
+            counts, budgets = keep, [p.budget for p in plans]
         else:  # threshold mode: the counts are data, read with the reduction's one host sync
-            layout = _layout(plans, out.kept.sum(2).tolist(), m, tokens.device)
-        # Kept slots first in each (clip, step) row, in slot order (= position order). Explicit
-        # index_select rather than tensor indexing throughout: the same kernels, and they also
-        # trace on fake CUDA tensors without a GPU (the tests).
-        order = torch.sort((~out.kept).view(c * length, m).to(torch.int8), dim=1,
-                           stable=True).indices
-        source = layout.row_start + order.view(-1).index_select(0, layout.pick)  # [C*L*M] rows
+            counts = out.kept.sum(2)
+            per_clip = (counts[:, 1:].sum(1) + m).tolist()
+            budgets, first = [], 0
+            for p in plans:
+                budgets.append(sum(per_clip[first:first + len(p.clips)]))
+                first += len(p.clips)
+        layout = _layout(counts, out.kept, clips.local, budgets)
 
         def assemble(clip_values, frame_values):  # [C,M,...] and [C,L,M,...] -> [sum K,...]
             rest = frame_values.shape[3:]
             table = torch.cat([clip_values.reshape(c * m, *rest),
-                               frame_values.reshape(c * length * m, *rest).index_select(0, source)])
-            return table.index_select(0, layout.gather)
+                               frame_values.reshape(c * length * m, *rest)])
+            return table.index_select(0, layout.source)
 
         toks = assemble(out.anchors, frames)
         toks_sizes = assemble(out.sizes, frame_sizes)
         positions = layout.frame_ids * n + assemble(frame_index[:, 0], frame_index)
-        # Fresh tensors: cached ones are never handed out (a caller could modify them).
-        frame_ids, dynamic = layout.frame_ids.clone(), layout.dynamic.clone()
+        frame_ids, dynamic = layout.frame_ids, layout.dynamic
         clock.tick("inter_ms")
         outputs = (toks, toks_sizes, frame_ids, positions, dynamic)
         return list(zip(*(torch.split(t, layout.tokens) for t in outputs)))

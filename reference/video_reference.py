@@ -2,6 +2,8 @@
 clip by clip, in plain loops over the per-problem reference ops. No torch."""
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 
 from reference.ot_reference import clip_aggregate, sinkhorn_aggregate
@@ -12,9 +14,11 @@ def even_split(total, parts):
     return [total // parts + (1 if k < total % parts else 0) for k in range(parts)]
 
 
-def default_plan(frames, tokens, retention, clip_len=None, num_anchors=None, threshold=False):
+def default_plan(frames, tokens, retention, clip_len=None, num_anchors=None, threshold=False,
+                 anchor_share=0.8):
     """[decided] defaults: clips of 8 frames (grown until feasible when clip_len is None) and
-    M = floor(0.8 K / c) clamped to [ceil(K / F), min(N, floor(K / c))]. Returns (M, clips)."""
+    M = floor(anchor_share K / c) clamped to [ceil(K / F), min(N, floor(K / c))], the share as
+    an exact fraction. Returns (M, clips)."""
     budget = round(retention * frames * tokens)
     length = min(8, frames) if clip_len is None else clip_len
     while True:
@@ -24,7 +28,9 @@ def default_plan(frames, tokens, retention, clip_len=None, num_anchors=None, thr
         if m is None:
             low = int(np.ceil(budget / frames))
             high = min(tokens, budget // c)
-            m = None if low > high else min(max((4 * budget) // (5 * c), low), high)
+            share = Fraction(anchor_share).limit_denominator(10 ** 6)
+            m = None if low > high else min(max((share.numerator * budget)
+                                                 // (share.denominator * c), low), high)
         ok = m is not None and m <= tokens and (threshold or c * m <= budget <= frames * m)
         if ok:
             return m, clips
@@ -33,13 +39,44 @@ def default_plan(frames, tokens, retention, clip_len=None, num_anchors=None, thr
         length += 1
 
 
+def adaptive_quota(frame_tokens, clips, m, slots, share):
+    """Dynamic tokens per frame that follow the content (the reducer's quota='adaptive').
+
+    A later frame's novelty: mean over its tokens of 1 - (best cosine to a token of its clip's
+    first frame). Weight (1 - share)/cells + share * novelty / total novelty (uniform if all
+    novelties are 0). The `slots` slots are handed out one at a time to the frame with the
+    largest weight / (q + 1/2) among those holding fewer than m (Webster's rule), ties to the
+    earliest clip step, then the earliest clip."""
+    def unit(v):
+        return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+
+    cells = [(t - s, clip, t) for clip, (s, e) in enumerate(clips) for t in range(s + 1, e)]
+    novelty = {}
+    for _, clip, t in cells:
+        s = clips[clip][0]
+        near = (unit(frame_tokens[t]) @ unit(frame_tokens[s]).T).max(axis=1)
+        novelty[t] = max(float(np.mean(1.0 - near)), 0.0)
+    total = sum(novelty.values())
+    quota = {t: 0 for _, _, t in cells}
+    weight = {t: (1 - share) / len(cells) + share * (novelty[t] / total if total > 0
+                                                      else 1.0 / len(cells))
+              for _, _, t in cells}
+    for _ in range(slots):
+        open_cells = [c for c in sorted(cells) if quota[c[2]] < m]
+        best = min(open_cells, key=lambda c: (quota[c[2]] + 0.5) / weight[c[2]])
+        quota[best[2]] += 1
+    return quota
+
+
 def reduce_video(features, scores, local_scores, grid, windows, num_anchors, clips, retention=None,
                  tau=None, eps=0.1, lam_intra=1.0, lam_inter=1.0, max_iter=100, tol=0.0,
-                 marginals="probability", track_weights=False):
+                 marginals="probability", quota_rule="uniform", content_share=0.5,
+                 track_weights=False):
     """AOT on one video [F,N,D] with M anchors per frame and the given clips.
 
     Quota mode (retention): K = round(r F N); each later frame of a clip keeps its share of the
     K - c M dynamic slots (even split over the later frames, remainder to the earliest clip steps).
+    quota_rule="adaptive": the slots follow the content instead (`adaptive_quota`).
     Threshold mode: tau. Returns dict of tokens [K,D], frame_ids, positions (t*N + n), sizes
     (SPEC §9: the total weight of the originals in each token), dynamic flags; SPEC §5 output
     order. track_weights: also "weights" [K, F*N], each output token's weights over the original
@@ -85,7 +122,11 @@ def reduce_video(features, scores, local_scores, grid, windows, num_anchors, cli
             for s, e in clips:
                 if s + step < e:
                     later.append(s + step)
-        if later:
+        if later and quota_rule == "adaptive":
+            for t, q in adaptive_quota(frame_tokens, clips, m, budget - len(clips) * m,
+                                       content_share).items():
+                quota[t] = q
+        elif later:
             for t, q in zip(later, even_split(budget - len(clips) * m, len(later))):
                 quota[t] = q
 
