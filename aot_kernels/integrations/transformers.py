@@ -6,7 +6,8 @@
     model.generate(**inputs)        # the language model now sees ~10% of the video tokens
 
 Covered: LlavaOnevisionForConditionalGeneration (which also serves the LLaVA-Video checkpoints)
-and Qwen2_5_VLForConditionalGeneration, transformers TESTED_TRANSFORMERS. On every call with
+and Qwen2_5_VLForConditionalGeneration, transformers TESTED_TRANSFORMERS (5.17 to 5.23; `patch`
+raises below, warns above). On every call with
 `pixel_values_videos`, the patch:
 1. runs the model's own `get_video_features` (vision tower, projector / merger, pooling), reading
    scores off the vision tower on the way (below);
@@ -14,9 +15,16 @@ and Qwen2_5_VLForConditionalGeneration, transformers TESTED_TRANSFORMERS. On eve
 3. shortens `input_ids` (and `attention_mask`, `labels`, `mm_token_type_ids`) to the reduced
    count of video placeholders (+ the newline token LLaVA-OneVision appends to a video),
    re-padding the batch when the counts differ, and hands the reduced features to the model as
-   `mm_encoder_outputs`. For Qwen2.5-VL it also passes position_ids: the kept tokens' original
-   3-D M-RoPE positions, gathered from the full prompt's. Generation then runs on the shortened
-   prompt, so positions and the KV cache are consistent by construction.
+   `mm_encoder_outputs` (transformers 5.17-5.22, which lack it: through the model's
+   get_video_features for the duration of the call). For Qwen2.5-VL it also passes position_ids:
+   the kept tokens' original 3-D M-RoPE positions, gathered from the full prompt's. Generation
+   then runs on the shortened prompt, so positions and the KV cache are consistent by
+   construction;
+4. `generate` returns what the unpatched model returns: the caller's own `input_ids` (full length,
+   with the caller's padding), then the generated tokens, so `out[:, input_ids.shape[1]:]` is the
+   answer; with return_dict_in_generate, `sequences` likewise (scores / logits are per generated
+   token). `max_length` / `min_length` count the caller's prompt. Hidden states, attentions and
+   the returned cache are the language model's, over the shortened prompt.
 
 With an AuthorsAOTReducer (SPEC §8, LLaVA-OneVision / LLaVA-Video), step 1 stops after the
 projector: the reducer gets the un-pooled features [F, 27*27, D] and the scores of layers 5 and
