@@ -45,6 +45,8 @@ def test_one_video_output_starts_with_the_callers_prompt(model):
             rich = model.generate(input_ids=ids, pixel_values_videos=video, max_new_tokens=NEW,
                                   do_sample=False, return_dict_in_generate=True,
                                   output_scores=True, output_logits=True)
+            by_name = model.generate(inputs=ids, pixel_values_videos=video, max_new_tokens=NEW,
+                                     do_sample=False)  # generate's own name for input_ids
             # max_length counts the caller's prompt, as on the unpatched model
             capped = model.generate(ids, pixel_values_videos=video, max_length=length + 3,
                                     do_sample=False)
@@ -56,7 +58,7 @@ def test_one_video_output_starts_with_the_callers_prompt(model):
     assert torch.equal(rich.sequences, out)
     assert len(rich.scores) == len(rich.logits) == NEW  # one per generated token
     assert torch.equal(torch.stack(rich.scores, 1).argmax(-1), out[:, length:])
-    assert torch.equal(capped, out[:, :length + 3])
+    assert torch.equal(capped, out[:, :length + 3]) and torch.equal(by_name, out)
 
 
 def left_padded_batch():
@@ -159,3 +161,14 @@ def test_transformers_version_range():
         for inside in ("5.17.0", "5.20.1", "5.23.0", "5.23.9.dev0"):
             integ._check_version(inside)
         integ._check_version(transformers.__version__)  # the installed one is in the range
+
+
+def test_patch_checks_the_installed_transformers(model, monkeypatch):
+    monkeypatch.setattr(transformers, "__version__", "5.16.0")
+    with pytest.raises(RuntimeError, match="5.16.0"):
+        patch(model, AOTReducer(0.25))
+    assert integ.reducer_of(model) is None  # nothing patched
+    monkeypatch.setattr(transformers, "__version__", "5.30.0")
+    with pytest.warns(UserWarning, match="5.30.0"):
+        patch(model, AOTReducer(0.25))
+    unpatch(model)

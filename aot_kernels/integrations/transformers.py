@@ -516,6 +516,8 @@ def patch(model, reducer, *, local_layer="auto", score_layers="auto"):
                             "argument; pass the others by keyword")
         if args:
             kwargs["input_ids"] = args[0]
+        if kwargs.get("inputs") is not None:  # generate's own name for its first argument
+            kwargs["input_ids"] = kwargs.pop("inputs")
         prompt = kwargs.get("input_ids")
         kwargs, context = prepare((), kwargs, left=True)  # decoder-only: pad on the left
         if kwargs.get("input_ids") is prompt:  # no video: nothing shortened
