@@ -164,11 +164,13 @@ def test_transformers_version_range():
 
 
 def test_patch_checks_the_installed_transformers(model, monkeypatch):
-    monkeypatch.setattr(transformers, "__version__", "5.16.0")
+    import transformers as installed  # the module patch() imports (sys.modules' current one)
+
+    monkeypatch.setattr(installed, "__version__", "5.16.0")
     with pytest.raises(RuntimeError, match="5.16.0"):
         patch(model, AOTReducer(0.25))
     assert integ.reducer_of(model) is None  # nothing patched
-    monkeypatch.setattr(transformers, "__version__", "5.30.0")
+    monkeypatch.setattr(installed, "__version__", "5.30.0")
     with pytest.warns(UserWarning, match="5.30.0"):
         patch(model, AOTReducer(0.25))
     unpatch(model)
