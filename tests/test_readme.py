@@ -22,7 +22,7 @@ README = (ROOT / "README.md").read_text()
 
 # A command or Python block containing the key is not run here, for the reason given.
 SKIP = {
-    "make demo": "the set-up itself (creates .venv); tests/test_cli.py runs `python -m aot_kernels demo`",
+    "make demo": "the set-up itself (creates .venv); `python -m aot_kernels demo` runs here",
     "make test": "runs this test suite (and the C++ test, the compile gate)",
     "make gpu-check": "needs a CUDA GPU",
     "compile_check": "the compile gate: `make compile-gate` and tests/test_compile_gate.py run it",

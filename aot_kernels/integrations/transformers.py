@@ -15,7 +15,7 @@ raises below, warns above). On every call with
 3. shortens `input_ids` (and `attention_mask`, `labels`, `mm_token_type_ids`) to the reduced
    count of video placeholders (+ the newline token LLaVA-OneVision appends to a video),
    re-padding the batch when the counts differ, and hands the reduced features to the model as
-   `mm_encoder_outputs` (transformers 5.17-5.22, which lack it: through the model's
+   `mm_encoder_outputs` (on releases without it, such as 5.17: through the model's
    get_video_features for the duration of the call). For Qwen2.5-VL it also passes position_ids:
    the kept tokens' original 3-D M-RoPE positions, gathered from the full prompt's. Generation
    then runs on the shortened prompt, so positions and the KV cache are consistent by
@@ -188,8 +188,8 @@ class _LlavaOnevision:
         return self._hand_over(kwargs, places, reduced, newline, left)
 
     def _split_newline(self, pooled: torch.Tensor, tokens: int):
-        """get_video_features' output [B, F*N, D] and the newline [B, 1, D]: transformers >= 5.23
-        appends the newline to the features, 5.17-5.22 appends it in forward."""
+        """get_video_features' output [B, F*N, D] and the newline [B, 1, D]: transformers 5.23
+        appends the newline to the features, older releases (5.17) append it in forward."""
         if pooled.shape[1] == tokens + 1:
             return pooled[:, :-1], pooled[:, -1:]
         newline = self.model.model.image_newline[None, None, :]
@@ -198,8 +198,8 @@ class _LlavaOnevision:
     @staticmethod
     def legacy_features(encoded):
         """What get_video_features must return for a transformers without mm_encoder_outputs
-        (5.17-5.22), whose forward appends one newline after it: every video's tokens and
-        newline but the last newline, as one flat row."""
+        (5.17), whose forward appends one newline after it: every video's tokens and newline
+        but the last newline, as one flat row [1, sum(K_v + 1) - 1, D]."""
         return encoded.pooler_output[:, :-1]
 
     def reduce_authors(self, reducer, kwargs, left: bool) -> dict:
@@ -355,7 +355,6 @@ class _Qwen2_5_VL:
         model.model.rope_deltas = (top + 1 - lengths).view(-1, 1)
         return kwargs
 
-
     @staticmethod
     def legacy_features(encoded):
         return encoded.pooler_output  # per video [K_v, D]; forward concatenates them
@@ -475,8 +474,8 @@ def patch(model, reducer, *, local_layer="auto", score_layers="auto"):
                else SUPPORTED[name](model, local_layer))
     forward, generate = model.forward, model.generate
     forward_params = list(inspect.signature(forward).parameters)
-    # transformers >= 5.23 takes pre-encoded features (mm_encoder_outputs); 5.17-5.22 do not, so
-    # there the model's get_video_features hands the reduced features over (_feeding).
+    # transformers 5.23 takes pre-encoded features (mm_encoder_outputs); older releases (5.17) do
+    # not, so there the model's get_video_features hands the reduced features over (_feeding).
     legacy = "mm_encoder_outputs" not in forward_params
     feeding = []  # non-empty while the model's own forward runs on features handed over
 
@@ -503,7 +502,7 @@ def patch(model, reducer, *, local_layer="auto", score_layers="auto"):
 
     @functools.wraps(forward)
     def patched_forward(*args, **kwargs):
-        if feeding:  # generate's own steps on transformers < 5.23: already reduced
+        if feeding:  # generate's own steps on a legacy transformers: already reduced
             return forward(*args, **kwargs)
         kwargs, context = prepare(args, kwargs)
         with context:
@@ -555,15 +554,15 @@ def _with_prompt(out, prompt: torch.Tensor, short: int):
 
 @contextmanager
 def _feeding(inner, video: torch.Tensor, features, feeding: list):
-    """transformers 5.17-5.22: while the model's own forward / generate runs, its
-    get_video_features(video) returns the reduced `features` (the shortened prompt's
+    """transformers without mm_encoder_outputs (5.17): while the model's own forward / generate
+    runs, its get_video_features(video) returns the reduced `features` (the shortened prompt's
     placeholders match them). `feeding` tells the patched forward not to reduce again."""
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     def fed(pixel_values_videos, *args, **kwargs):
         if pixel_values_videos is not video:  # generate expanded the batch (beams, samples)
-            raise ValueError("num_beams / num_return_sequences > 1 on a patched model need "
-                             "transformers >= 5.23 (mm_encoder_outputs)")
+            raise ValueError("num_beams / num_return_sequences > 1 on a patched model need a "
+                             "transformers with mm_encoder_outputs (5.23)")
         return BaseModelOutputWithPooling(pooler_output=features)
 
     inner.get_video_features = fed
