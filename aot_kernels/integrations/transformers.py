@@ -188,8 +188,8 @@ class _LlavaOnevision:
         return self._hand_over(kwargs, places, reduced, newline, left)
 
     def _split_newline(self, pooled: torch.Tensor, tokens: int):
-        """get_video_features' output [B, F*N, D] and the newline [B, 1, D]: transformers 5.23
-        appends the newline to the features, older releases (5.17) append it in forward."""
+        """get_video_features' output [B, F*N, D] and the newline [B, 1, D]: recent transformers
+        (5.20, 5.23) append the newline to the features, 5.17 appends it in forward."""
         if pooled.shape[1] == tokens + 1:
             return pooled[:, :-1], pooled[:, -1:]
         newline = self.model.model.image_newline[None, None, :]
@@ -474,7 +474,7 @@ def patch(model, reducer, *, local_layer="auto", score_layers="auto"):
                else SUPPORTED[name](model, local_layer))
     forward, generate = model.forward, model.generate
     forward_params = list(inspect.signature(forward).parameters)
-    # transformers 5.23 takes pre-encoded features (mm_encoder_outputs); older releases (5.17) do
+    # Recent transformers (5.20, 5.23) take pre-encoded features (mm_encoder_outputs); 5.17 does
     # not, so there the model's get_video_features hands the reduced features over (_feeding).
     legacy = "mm_encoder_outputs" not in forward_params
     feeding = []  # non-empty while the model's own forward runs on features handed over
@@ -562,7 +562,7 @@ def _feeding(inner, video: torch.Tensor, features, feeding: list):
     def fed(pixel_values_videos, *args, **kwargs):
         if pixel_values_videos is not video:  # generate expanded the batch (beams, samples)
             raise ValueError("num_beams / num_return_sequences > 1 on a patched model need a "
-                             "transformers with mm_encoder_outputs (5.23)")
+                             "transformers with mm_encoder_outputs (5.20 or later)")
         return BaseModelOutputWithPooling(pooler_output=features)
 
     inner.get_video_features = fed
