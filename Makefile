@@ -16,8 +16,17 @@ CMAKE_DIR := build/cmake
 # from its own folder on PYTHONPATH (no second venv, the CPU torch stays).
 TRITON_OLDEST := 3.6.0
 OLD_TRITON := build/triton-$(TRITON_OLDEST)
+# The oldest transformers the HF integration supports (pyproject's [hf] extra: >=5.17,<5.24; the
+# venv has the newest): its tests run against it too, from its own folder on PYTHONPATH. 5.17
+# needs huggingface-hub < 2, which talks httpx 0.x (huggingface-hub 2 uses httpx2), so those come
+# along, pinned; tokenizers, safetensors and the rest are the venv's.
+HF_OLDEST := 5.17.0
+OLD_HF := build/transformers-$(HF_OLDEST)
+HF_OLDEST_DEPS := "huggingface-hub==1.33.0" "httpx==0.28.1" "httpcore==1.0.9" "certifi==2026.10.19.post1"
+HF_TESTS := tests/test_transformers_integration.py tests/test_transformers_authors.py \
+	tests/test_transformers_generate.py
 
-.PHONY: demo test test-py test-cpp compile-gate bench bench-gpu gpu-check clean
+.PHONY: demo test test-py test-cpp compile-gate test-hf-oldest bench bench-gpu gpu-check clean
 
 $(DEPS): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +43,7 @@ $(BUILT): $(DEPS) $(CXX_SOURCES)
 demo: $(BUILT)
 	$(PY) -m aot_kernels demo
 
-test: test-cpp compile-gate test-py
+test: test-cpp compile-gate test-py test-hf-oldest
 
 # Every Triton kernel through the real compiler for sm_80 and sm_90 (no GPU needed), against the
 # pinned Triton (also run by tests/test_compile_gate.py) and the oldest supported one.
@@ -44,6 +53,17 @@ compile-gate: $(BUILT) $(OLD_TRITON)/.installed
 
 $(OLD_TRITON)/.installed: $(DEPS)
 	$(PIP) install -q --disable-pip-version-check --no-deps --target $(OLD_TRITON) "triton==$(TRITON_OLDEST)"
+	touch $@
+
+# The transformers integration against the oldest supported transformers (test-py runs it
+# against the newest, the venv's).
+test-hf-oldest: $(BUILT) $(OLD_HF)/.installed
+	PYTHONPATH=$(OLD_HF) $(PY) -c "import transformers as t; assert t.__version__ == '$(HF_OLDEST)', t.__file__"
+	PYTHONPATH=$(OLD_HF) $(PY) -m pytest -q $(HF_TESTS)
+
+$(OLD_HF)/.installed: $(DEPS)
+	$(PIP) install -q --disable-pip-version-check --no-deps --target $(OLD_HF) \
+		"transformers==$(HF_OLDEST)" $(HF_OLDEST_DEPS)
 	touch $@
 
 test-py: $(BUILT)

@@ -29,6 +29,23 @@ if _torch.cuda.is_available():  # Triton kernels become the ops' CUDA implementa
 
 __version__ = "0.1.0"
 
+# Submodules reachable as attributes (`aot_kernels.reducers.build(...)`) but imported on first
+# use (PEP 562), so `import aot_kernels` stays as fast as it is and pulls in no optional
+# dependency (transformers, matplotlib).
+_LAZY_SUBMODULES = ("reducers", "metrics", "integrations", "compare", "demo")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)  # also binds it on the package
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+
 __all__ = [
     "AggregateResult", "SinkhornResult", "ClipResult", "cosine_cost", "sinkhorn",
     "sinkhorn_aggregate", "clip_aggregate",

@@ -89,39 +89,39 @@ def demo(args) -> int:
     return 0
 
 
-def _load(path: str, key: str):
-    """A tensor from .pt (a tensor, or a dict holding `key`), .npz (array `key`) or .npy."""
+def _read(path: str):
+    """A file's content: a tensor (.pt tensor, .npy) or a dict of tensors (.pt dict, .npz)."""
     import numpy as np
 
     if path.endswith(".npz"):
         with np.load(path) as data:
-            if key not in data:
-                raise ValueError(f"{path} has no array {key!r} (has {sorted(data.files)})")
-            return torch.from_numpy(data[key])
+            return {k: torch.from_numpy(data[k]) for k in data.files}
     if path.endswith(".npy"):
         return torch.from_numpy(np.load(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _pick(obj, path: str, key: str):
+    """`key` of a dict (.pt dict, .npz); a plain tensor file is that tensor."""
     if isinstance(obj, dict):
         if key not in obj:
-            raise ValueError(f"{path} holds a dict without {key!r} (keys {sorted(obj)})")
+            raise ValueError(f"{path} has no {key!r} (holds {sorted(obj)})")
         obj = obj[key]
     if not isinstance(obj, torch.Tensor):
         raise ValueError(f"{path}: expected a tensor for {key!r}, got {type(obj).__name__}")
     return obj
 
 
-def _optional(path: str, key: str):
-    try:
-        return _load(path, key)
-    except ValueError:
-        return None
-
-
 def _video_inputs(args):
-    features = _load(args.features, "features")
+    content = _read(args.features)
+    features = _pick(content, args.features, "features")
     if not features.dtype.is_floating_point:
         raise ValueError(f"features in {args.features} are {features.dtype}, not floating point")
-    scores = _load(args.scores, "scores") if args.scores else _optional(args.features, "scores")
+    if args.scores:
+        scores = _pick(_read(args.scores), args.scores, "scores")
+    else:  # only a dict (.pt dict, .npz) can hold scores next to the features
+        has = isinstance(content, dict) and "scores" in content
+        scores = _pick(content, args.features, "scores") if has else None
     note = None
     if scores is None:
         from .demo import self_attention_scores
@@ -257,7 +257,8 @@ def main(argv=None) -> int:
     p_demo.set_defaults(func=demo)
     p_reduce = sub.add_parser("reduce", help="reduce your own video features")
     p_reduce.add_argument("--features", required=True,
-                          help="[F,N,D] or [B,F,N,D]: .pt (tensor or dict with 'features') or .npz")
+                          help="[F,N,D] or [B,F,N,D]: .pt (tensor or dict with 'features'), .npz "
+                          "(array 'features') or .npy")
     p_reduce.add_argument("--scores", help="[F,N] scores file (.pt/.npz/.npy); default: the "
                           "features file's 'scores', else mean self-attention received")
     p_reduce.add_argument("--retention", type=float, default=0.10, help="kept fraction, (0, 1]")

@@ -73,11 +73,12 @@ def main() -> None:
     start = time.perf_counter()
     out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
     seconds = time.perf_counter() - start
-    # generate returns the shortened prompt (surplus video placeholders removed), then the answer.
+    # generate returns the caller's prompt, then the answer (as unpatched); the language model
+    # itself saw the shortened prompt (surplus video placeholders removed).
+    answer = processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
     video_tokens = full - (0 if qwen else 1)  # LLaVA-OneVision appends one newline token
     kept = round(args.retention * video_tokens)
     prompt_len = inputs["input_ids"].shape[1] - (video_tokens - kept)
-    answer = processor.batch_decode(out[:, prompt_len:], skip_special_tokens=True)[0]
     temporal = args.frames // 2 if qwen else args.frames  # Qwen folds 2 frames per temporal patch
     cost = flops.cost(family, retention=args.retention, frames=temporal,
                       tokens_per_frame=video_tokens // temporal)

@@ -123,3 +123,54 @@ def test_whole_video_rows_compare_the_backends():
     assert cpp["intra_ms"] > 0 and cpp["x_floor"] == cpp["ms"] / floor["ms"]
     assert cpp["speedup"] == torch_row["ms"] / cpp["ms"]
     assert "video 32x196" in bench.format_video(rows)
+
+
+FORMS = {  # name -> (write the features file, write a separate scores file or None)
+    "pt-tensor": lambda d, f, s: torch.save(f, d / "v.pt") or d / "v.pt",
+    "pt-dict": lambda d, f, s: torch.save({"features": f}, d / "v.pt") or d / "v.pt",
+    "pt-dict+scores": lambda d, f, s: torch.save({"features": f, "scores": s}, d / "v.pt") or d / "v.pt",
+    "npz": lambda d, f, s: np.savez(d / "v.npz", features=f.numpy()) or d / "v.npz",
+    "npz+scores": lambda d, f, s: np.savez(d / "v.npz", features=f.numpy(), scores=s.numpy())
+    or d / "v.npz",
+    "npy": lambda d, f, s: np.save(d / "v.npy", f.numpy()) or d / "v.npy",
+}
+SCORE_FILES = {
+    "pt-tensor": lambda d, s: torch.save(s, d / "s.pt") or d / "s.pt",
+    "pt-dict": lambda d, s: torch.save({"scores": s}, d / "s.pt") or d / "s.pt",
+    "npz": lambda d, s: np.savez(d / "s.npz", scores=s.numpy()) or d / "s.npz",
+    "npy": lambda d, s: np.save(d / "s.npy", s.numpy()) or d / "s.npy",
+}
+
+
+@pytest.mark.parametrize("form,scores_file", [(f, None) for f in FORMS]
+                         + [("pt-tensor", s) for s in SCORE_FILES] + [("npz", "pt-tensor")])
+def test_reduce_reads_every_input_form(tmp_path, form, scores_file):
+    """Each features form, with scores inside, in a separate file, or none (a plain tensor file is
+    features only: it is never read again as its own scores)."""
+    from aot_kernels import AOTReducer
+    from aot_kernels.demo import self_attention_scores
+
+    g = torch.Generator().manual_seed(0)
+    feats, scores = torch.randn(8, 16, 12, generator=g), torch.rand(8, 16, generator=g)
+    path = FORMS[form](tmp_path, feats, scores)
+    extra = ["--scores", str(SCORE_FILES[scores_file](tmp_path, scores))] if scores_file else []
+    out = tmp_path / "r.pt"
+    run = cli("reduce", "--features", str(path), *extra, "--retention", "0.25", "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    given = scores_file is not None or form.endswith("+scores")
+    assert ("self-attention" in run.stdout) != given
+    used = scores if given else self_attention_scores(feats)
+    want = AOTReducer(0.25)(feats, used)
+    saved = torch.load(out, weights_only=False)
+    assert torch.equal(saved["positions"], want.positions)
+    torch.testing.assert_close(saved["tokens"], want.tokens)
+
+
+def test_reduce_names_a_missing_array(tmp_path):
+    np.savez(tmp_path / "v.npz", feats=np.zeros((2, 4, 3), np.float32))
+    torch.save({"features": torch.randn(2, 4, 3)}, tmp_path / "s.pt")
+    for args, why in ((["--features", str(tmp_path / "v.npz")], "no 'features'"),
+                      (["--features", str(tmp_path / "s.pt"), "--scores", str(tmp_path / "s.pt")],
+                       "no 'scores'")):
+        run = cli("reduce", *args, "--out", str(tmp_path / "r.pt"), timeout=120)
+        assert run.returncode == 2 and why in run.stderr, run.stderr

@@ -56,20 +56,28 @@ def test_generation_batches_and_unpatch():
     video[1] = torch.randn(FRAMES, 3, 112, 112, generator=torch.Generator().manual_seed(2))
     patch(model, reducers.build("aot-authors", model="llava-onevision-7b", benchmark="mvbench",
                                 **SETTINGS))
+    prefill = []  # what the language model's first step sees: the shortened prompt
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda m, a, kw: prefill.append(kw["inputs_embeds"].shape[1]), with_kwargs=True)
     try:
         with torch.no_grad():
             both = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                   pixel_values_videos=video, max_new_tokens=4, do_sample=False)
-            alone = [model.generate(input_ids=ids[i:i + 1], pixel_values_videos=video[i:i + 1],
-                                    max_new_tokens=4, do_sample=False) for i in range(2)]
+            alone, lengths = [], []
+            for i in range(2):
+                prefill.clear()
+                alone.append(model.generate(input_ids=ids[i:i + 1],
+                                            pixel_values_videos=video[i:i + 1],
+                                            max_new_tokens=4, do_sample=False))
+                lengths.append(prefill[0])
             fresh = model.generate(input_ids=ids[:1], pixel_values_videos=video[:1],
                                    max_new_tokens=4, do_sample=False, use_cache=False)
     finally:
         unpatch(model)
-    lengths = [a.shape[1] for a in alone]
+        hook.remove()
     assert lengths[0] != lengths[1]  # the two videos kept different counts
     for i, a in enumerate(alone):
-        assert torch.equal(both[i, -a.shape[1]:], a[0])  # left padding, same tokens
+        assert torch.equal(both[i], a[0])  # the caller's prompt, then the same tokens
     assert torch.equal(fresh, alone[0])  # the KV cache agrees with recomputing
     with torch.no_grad():  # unpatched: the full prompt again
         full = model(input_ids=ids[:1], pixel_values_videos=video[:1]).logits

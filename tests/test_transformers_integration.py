@@ -51,6 +51,18 @@ def lm_lengths(model):
     return seen, model.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
 
 
+class Recording:
+    """A reducer that remembers what it returned."""
+
+    def __init__(self, reducer):
+        self.reducer, self.calls = reducer, []
+
+    def __call__(self, *args, **kwargs):
+        out = self.reducer(*args, **kwargs)
+        self.calls.append(out)
+        return out
+
+
 @pytest.mark.parametrize("reducer", [AOTReducer(1.0), reducers.build("topk", retention=1.0)],
                          ids=["aot", "topk"])
 def test_keeping_every_token_gives_the_unpatched_logits(model, reducer):
@@ -87,7 +99,8 @@ def test_language_model_sees_the_reducer_count_and_its_tokens():
         feats = eager.model.get_video_features(video, return_dict=True).pooler_output
     hook.remove()
     assert logits.shape[1] == 5 + k + 1 and captured[0].shape[1] == 5 + k + 1
-    want = reducer(feats[0, :-1].reshape(FRAMES, TOKENS, -1), scores, grid=(4, 4))
+    # [F*N (+ the newline on transformers >= 5.23), D]
+    want = reducer(feats[0, :FRAMES * TOKENS].reshape(FRAMES, TOKENS, -1), scores, grid=(4, 4))
     torch.testing.assert_close(captured[0][0, 3:3 + k], want.tokens, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(captured[0][0, 3 + k], sdpa.model.image_newline)  # newline last
     assert reducer_of(sdpa) is reducer
@@ -96,6 +109,7 @@ def test_language_model_sees_the_reducer_count_and_its_tokens():
 def test_generation_with_the_kv_cache_matches_recomputing(model):
     ids, video = prompt()
     patch(model, AOTReducer(0.25, clip_len=2))
+    seen, hook = lm_lengths(model)
     try:
         with torch.no_grad():
             cached = model.generate(input_ids=ids, pixel_values_videos=video, max_new_tokens=6,
@@ -104,8 +118,11 @@ def test_generation_with_the_kv_cache_matches_recomputing(model):
                                    do_sample=False, use_cache=False)
     finally:
         unpatch(model)
+        hook.remove()
     k = round(0.25 * FRAMES * TOKENS)
-    assert cached.shape == (1, 5 + k + 1 + 6)  # the shortened prompt, then 6 new tokens
+    assert seen[0] == 5 + k + 1  # the language model's prefill: the shortened prompt
+    assert cached.shape == (1, ids.shape[1] + 6)  # the caller's prompt, then 6 new tokens
+    assert torch.equal(cached[:, :ids.shape[1]], ids)
     assert torch.equal(cached, fresh)
 
 
@@ -114,7 +131,7 @@ def test_batch_with_different_reduced_counts_equals_one_row_at_a_time(model):
     every row generates what it generates alone."""
     ids, video = prompt(2)
     video[1] = torch.randn(FRAMES, 3, 112, 112, generator=torch.Generator().manual_seed(7))
-    reducer = AOTReducer(0.25, clip_len=2, tau=0.5)
+    reducer = Recording(AOTReducer(0.25, clip_len=2, tau=0.5))
     patch(model, reducer)
     try:
         with torch.no_grad():
@@ -126,11 +143,11 @@ def test_batch_with_different_reduced_counts_equals_one_row_at_a_time(model):
                                     max_new_tokens=4, do_sample=False) for i in range(2)]
     finally:
         unpatch(model)
-    lengths = [a.shape[1] for a in alone]
-    assert lengths[0] != lengths[1]  # the two videos kept different counts
-    assert seen[0] == max(lengths) - 4
+    counts = [len(r) for r in reducer.calls[0]]
+    assert counts[0] != counts[1]  # the two videos kept different counts
+    assert seen[0] == 5 + max(counts) + 1  # re-padded on the left to the longer row
     for i, a in enumerate(alone):
-        assert torch.equal(both[i, -a.shape[1]:], a[0])  # left padding, same tokens
+        assert torch.equal(both[i], a[0])  # the caller's prompt, then the same tokens
 
 
 def test_bad_combinations_are_named(model):
@@ -217,18 +234,6 @@ def test_qwen_keeping_every_token_gives_the_unpatched_logits(qwen):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 
 
-class Recording:
-    """A reducer that remembers what it returned."""
-
-    def __init__(self, reducer):
-        self.reducer, self.calls = reducer, []
-
-    def __call__(self, *args, **kwargs):
-        out = self.reducer(*args, **kwargs)
-        self.calls.append(out)
-        return out
-
-
 def test_qwen_positions_are_the_kept_tokens_original_mrope_positions(qwen):
     ids, mask, pixels, thw = qwen_inputs([(4, 8, 8)])
     rec = Recording(AOTReducer(0.25, clip_len=2))
@@ -281,7 +286,7 @@ def test_qwen_batch_of_videos_of_different_lengths_generates_like_each_alone(qwe
     assert torch.equal(both, cached)  # the KV cache agrees with recomputing
     for i, a in enumerate(alone):
         assert torch.equal(both[i, -a.shape[1]:], a[0])
-    assert [a.shape[1] for a in alone] == [6 + 16 + 4, 6 + 8 + 4]  # 25% of 64 and of 32 tokens
+    assert [a.shape[1] for a in alone] == [6 + 64 + 4, 6 + 32 + 4]  # the callers' prompts + 4
 
 
 def test_qwen_placeholder_mismatch_is_named(qwen):
@@ -354,5 +359,5 @@ def test_qwen_two_videos_in_one_row(qwen):
         unpatch(qwen)
         hook.remove()
     assert seen[0] == 7 + 8 + 16  # 7 text tokens + 25% of 32 + 25% of 64
-    assert out.shape == (1, 7 + 8 + 16 + 3)
+    assert out.shape == (1, ids.shape[1] + 3) and torch.equal(out[:, :ids.shape[1]], ids)
     assert [len(r) for call in rec.calls for r in call] == [8, 16]

@@ -6,7 +6,8 @@
     model.generate(**inputs)        # the language model now sees ~10% of the video tokens
 
 Covered: LlavaOnevisionForConditionalGeneration (which also serves the LLaVA-Video checkpoints)
-and Qwen2_5_VLForConditionalGeneration, transformers TESTED_TRANSFORMERS. On every call with
+and Qwen2_5_VLForConditionalGeneration, transformers TESTED_TRANSFORMERS (5.17 to 5.23; `patch`
+raises below, warns above). On every call with
 `pixel_values_videos`, the patch:
 1. runs the model's own `get_video_features` (vision tower, projector / merger, pooling), reading
    scores off the vision tower on the way (below);
@@ -14,9 +15,16 @@ and Qwen2_5_VLForConditionalGeneration, transformers TESTED_TRANSFORMERS. On eve
 3. shortens `input_ids` (and `attention_mask`, `labels`, `mm_token_type_ids`) to the reduced
    count of video placeholders (+ the newline token LLaVA-OneVision appends to a video),
    re-padding the batch when the counts differ, and hands the reduced features to the model as
-   `mm_encoder_outputs`. For Qwen2.5-VL it also passes position_ids: the kept tokens' original
-   3-D M-RoPE positions, gathered from the full prompt's. Generation then runs on the shortened
-   prompt, so positions and the KV cache are consistent by construction.
+   `mm_encoder_outputs` (on releases without it, such as 5.17: through the model's
+   get_video_features for the duration of the call). For Qwen2.5-VL it also passes position_ids:
+   the kept tokens' original 3-D M-RoPE positions, gathered from the full prompt's. Generation
+   then runs on the shortened prompt, so positions and the KV cache are consistent by
+   construction;
+4. `generate` returns what the unpatched model returns: the caller's own `input_ids` (full length,
+   with the caller's padding), then the generated tokens, so `out[:, input_ids.shape[1]:]` is the
+   answer; with return_dict_in_generate, `sequences` likewise (scores / logits are per generated
+   token). `max_length` / `min_length` count the caller's prompt. Hidden states, attentions and
+   the returned cache are the language model's, over the shortened prompt.
 
 With an AuthorsAOTReducer (SPEC §8, LLaVA-OneVision / LLaVA-Video), step 1 stops after the
 projector: the reducer gets the un-pooled features [F, 27*27, D] and the scores of layers 5 and
@@ -36,20 +44,30 @@ import functools
 import inspect
 import math
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Dict, List, Optional
 
 import torch
 
-TESTED_TRANSFORMERS = ">=5.23,<5.24"
+# The transformers releases the patch is tested with (CI runs the oldest and the newest); keep in
+# step with pyproject's [hf] extra and the Makefile's HF_OLDEST.
+OLDEST_TRANSFORMERS, NEWEST_TRANSFORMERS = (5, 17), (5, 23)
+TESTED_TRANSFORMERS = ">=5.17,<5.24"
 _ATTR = "_aot_kernels_patch"
 
 
-def _version_ok() -> bool:
-    import transformers
+def _check_version(version: str) -> None:
+    """Raise below the tested range (the model code the patch reads differs), warn above it."""
+    from packaging.version import Version
 
-    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
-    return (major, minor) == (5, 23)
+    release = Version(version).release[:2]
+    if release < OLDEST_TRANSFORMERS:
+        raise RuntimeError(f"aot_kernels.integrations.transformers needs transformers "
+                           f"{TESTED_TRANSFORMERS}, this is {version}: "
+                           f"pip install 'transformers{TESTED_TRANSFORMERS}'")
+    if release > NEWEST_TRANSFORMERS:
+        warnings.warn(f"aot_kernels is tested with transformers {TESTED_TRANSFORMERS}, this is "
+                      f"{version}", UserWarning, stacklevel=3)
 
 
 def _received_attention(attn, hidden: torch.Tensor, chunk: int = 8) -> torch.Tensor:
@@ -152,11 +170,11 @@ class _LlavaOnevision:
             out = model.model.get_video_features(video, vision_feature_layer=layer,
                                                  vision_feature_select_strategy=strategy,
                                                  return_dict=True)
-        pooled = out.pooler_output  # [B, F*N + 1, D]: the video's tokens, then the newline
+        pooled, newline = self._split_newline(out.pooler_output, video.shape[1] * side * side)
         b, frames = video.shape[:2]
-        n = (pooled.shape[1] - 1) // frames
+        n = pooled.shape[1] // frames
         side = math.isqrt(n)
-        features = pooled[:, :-1].reshape(b, frames, n, -1)
+        features = pooled.reshape(b, frames, n, -1)
 
         def pool(score):  # exactly like the features: strategy, then 2x2 bilinear pooling
             if strategy == "default":
@@ -167,7 +185,22 @@ class _LlavaOnevision:
         local = pool(got["local"]) if "local" in got else None
         reduced = reducer([f for f in features], [s for s in scores],
                           None if local is None else [s for s in local], grid=(side, side))
-        return self._hand_over(kwargs, places, reduced, pooled[:, -1:], left)
+        return self._hand_over(kwargs, places, reduced, newline, left)
+
+    def _split_newline(self, pooled: torch.Tensor, tokens: int):
+        """get_video_features' output [B, F*N, D] and the newline [B, 1, D]: recent transformers
+        (5.20, 5.23) append the newline to the features, 5.17 appends it in forward."""
+        if pooled.shape[1] == tokens + 1:
+            return pooled[:, :-1], pooled[:, -1:]
+        newline = self.model.model.image_newline[None, None, :]
+        return pooled, newline.expand(pooled.shape[0], 1, -1).to(pooled)
+
+    @staticmethod
+    def legacy_features(encoded):
+        """What get_video_features must return for a transformers without mm_encoder_outputs
+        (5.17), whose forward appends one newline after it: every video's tokens and newline
+        but the last newline, as one flat row [1, sum(K_v + 1) - 1, D]."""
+        return encoded.pooler_output[:, :-1]
 
     def reduce_authors(self, reducer, kwargs, left: bool) -> dict:
         """SPEC §8: the reducer takes the un-pooled features after the projector and the local
@@ -322,6 +355,10 @@ class _Qwen2_5_VL:
         model.model.rope_deltas = (top + 1 - lengths).view(-1, 1)
         return kwargs
 
+    @staticmethod
+    def legacy_features(encoded):
+        return encoded.pooler_output  # per video [K_v, D]; forward concatenates them
+
 
 SUPPORTED = {"LlavaOnevisionForConditionalGeneration": _LlavaOnevision,
              "Qwen2_5_VLForConditionalGeneration": _Qwen2_5_VL}
@@ -428,44 +465,113 @@ def patch(model, reducer, *, local_layer="auto", score_layers="auto"):
     if not authors and score_layers != "auto":
         raise ValueError("score_layers applies to the authors' variant (AuthorsAOTReducer); "
                          "use local_layer= for this reducer")
-    if not _version_ok():
-        import transformers
+    import transformers
 
-        warnings.warn(f"aot_kernels is tested with transformers {TESTED_TRANSFORMERS}, this is "
-                      f"{transformers.__version__}", UserWarning, stacklevel=2)
+    _check_version(transformers.__version__)
     if hasattr(model, _ATTR):
         unpatch(model)
     adapter = (SUPPORTED[name](model, local_layer, score_layers) if authors
                else SUPPORTED[name](model, local_layer))
     forward, generate = model.forward, model.generate
     forward_params = list(inspect.signature(forward).parameters)
+    # Recent transformers (5.20, 5.23) take pre-encoded features (mm_encoder_outputs); 5.17 does
+    # not, so there the model's get_video_features hands the reduced features over (_feeding).
+    legacy = "mm_encoder_outputs" not in forward_params
+    feeding = []  # non-empty while the model's own forward runs on features handed over
 
     def prepare(args, kwargs, left=False):
+        """(kwargs for the model's own forward / generate, the context to run it in)."""
         kwargs = dict(zip(forward_params, args), **kwargs)
-        if kwargs.get("pixel_values_videos") is None:
+        video = kwargs.get("pixel_values_videos")
+        if video is None:
             if kwargs.get("pixel_values") is not None:
                 raise ValueError("this model is patched to reduce video tokens, and this call has "
                                  "images but no video; call aot_kernels.integrations.transformers"
                                  ".unpatch(model) for image-only inputs")
-            return kwargs
+            return kwargs, nullcontext()
         if (kwargs.get("mm_encoder_outputs") or {}).get("video") is not None:
             raise ValueError("pass pixel_values_videos or mm_encoder_outputs['video'], not both")
         run = adapter.reduce_authors if authors else adapter.reduce
-        return run(reducer, kwargs, left)
+        kwargs = run(reducer, kwargs, left)
+        if not legacy:
+            return kwargs, nullcontext()
+        encoded = kwargs.pop("mm_encoder_outputs")
+        kwargs["pixel_values_videos"] = video  # the model's forward then asks for its features
+        return kwargs, _feeding(model.model, video, adapter.legacy_features(encoded["video"]),
+                                feeding)
 
     @functools.wraps(forward)
     def patched_forward(*args, **kwargs):
-        return forward(**prepare(args, kwargs))
+        if feeding:  # generate's own steps on a legacy transformers: already reduced
+            return forward(*args, **kwargs)
+        kwargs, context = prepare(args, kwargs)
+        with context:
+            return forward(**kwargs)
 
     @functools.wraps(generate)
     def patched_generate(*args, **kwargs):
+        if len(args) > 1:
+            raise TypeError("the patched generate takes input_ids as its only positional "
+                            "argument; pass the others by keyword")
         if args:
             kwargs["input_ids"] = args[0]
-        return generate(**prepare((), kwargs, left=True))  # decoder-only: pad on the left
+        if kwargs.get("inputs") is not None:  # generate's own name for its first argument
+            kwargs["input_ids"] = kwargs.pop("inputs")
+        prompt = kwargs.get("input_ids")
+        kwargs, context = prepare((), kwargs, left=True)  # decoder-only: pad on the left
+        if kwargs.get("input_ids") is prompt:  # no video: nothing shortened
+            with context:
+                return generate(**kwargs)
+        short = kwargs["input_ids"].shape[1]
+        for name in ("max_length", "min_length"):  # they count the prompt: the caller's one
+            if kwargs.get(name) is not None:
+                kwargs[name] -= prompt.shape[1] - short
+        with context:
+            out = generate(**kwargs)
+        return _with_prompt(out, prompt, short)
 
     model.forward, model.generate = patched_forward, patched_generate
     setattr(model, _ATTR, {"reducer": reducer, "adapter": adapter})
     return model
+
+
+def _with_prompt(out, prompt: torch.Tensor, short: int):
+    """generate's output on the shortened prompt [R, short + T] (or its sequences) -> the caller's
+    prompt [B, L] followed by the T generated tokens, as the unpatched model returns it
+    (transformers' contract: out[:, L:] is the answer). R = B x num_return_sequences: each
+    prompt row repeats, as generate expands its inputs. scores / logits are per generated step
+    and stay as they are."""
+    sequences = out if isinstance(out, torch.Tensor) else out.sequences
+    prompt = prompt.to(sequences.device)
+    if sequences.shape[0] != prompt.shape[0]:
+        prompt = prompt.repeat_interleave(sequences.shape[0] // prompt.shape[0], dim=0)
+    full = torch.cat([prompt, sequences[:, short:]], dim=1)
+    if isinstance(out, torch.Tensor):
+        return full
+    out.sequences = full  # a ModelOutput: updates the attribute and the dict entry
+    return out
+
+
+@contextmanager
+def _feeding(inner, video: torch.Tensor, features, feeding: list):
+    """transformers without mm_encoder_outputs (5.17): while the model's own forward / generate
+    runs, its get_video_features(video) returns the reduced `features` (the shortened prompt's
+    placeholders match them). `feeding` tells the patched forward not to reduce again."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    def fed(pixel_values_videos, *args, **kwargs):
+        if pixel_values_videos is not video:  # generate expanded the batch (beams, samples)
+            raise ValueError("num_beams / num_return_sequences > 1 on a patched model need a "
+                             "transformers with mm_encoder_outputs (5.20 or later)")
+        return BaseModelOutputWithPooling(pooler_output=features)
+
+    inner.get_video_features = fed
+    feeding.append(True)
+    try:
+        yield
+    finally:
+        feeding.pop()
+        del inner.get_video_features
 
 
 def unpatch(model):
