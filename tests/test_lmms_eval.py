@@ -59,19 +59,31 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220),
 
 
 def save_task(root: Path) -> Path:
-    """VIDEOS synthetic 8-frame clips (a coloured square drifting on grey) and one question
-    each, as an lmms-eval task YAML + utils.py in root/tasks."""
+    """VIDEOS synthetic 8-frame clips (a coloured square drifting on grey; three .mp4 files and
+    a folder of .png frames) and one question each, as an lmms-eval task YAML + utils.py in
+    root/tasks."""
+    from PIL import Image
+
     rows = []
     for v, (name, rgb) in enumerate(COLOURS.items()):
-        path = root / f"video{v}.mp4"
-        with av.open(str(path), "w") as out:
-            stream = out.add_stream("mpeg4", rate=4)
-            stream.width, stream.height, stream.pix_fmt = 96, 96, "yuv420p"
-            for t in range(8):
-                img = np.full((96, 96, 3), 128, np.uint8)
-                img[10 + 6 * t:40 + 6 * t, 20 + 3 * v:50 + 3 * v] = rgb
-                out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-            out.mux(stream.encode())
+        frames = []
+        for t in range(8):
+            img = np.full((96, 96, 3), 128, np.uint8)
+            img[10 + 6 * t:40 + 6 * t, 20 + 3 * v:50 + 3 * v] = rgb
+            frames.append(img)
+        if v == len(COLOURS) - 1:  # a folder of frames, as some MVBench sources are
+            path = root / f"video{v}"
+            path.mkdir()
+            for t, img in enumerate(frames):
+                Image.fromarray(img).save(path / f"{t:05d}.png")
+        else:
+            path = root / f"video{v}.mp4"
+            with av.open(str(path), "w") as out:
+                stream = out.add_stream("mpeg4", rate=4)
+                stream.width, stream.height, stream.pix_fmt = 96, 96, "yuv420p"
+                for img in frames:
+                    out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+                out.mux(stream.encode())
         rows.append({"video": str(path), "question": "what colour is the square ?",
                      "options": list(COLOURS), "answer": "ABCD"[v]})
     data = root / "questions.jsonl"

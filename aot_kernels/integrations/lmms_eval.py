@@ -32,6 +32,7 @@ Multi-GPU: data parallel through lmms-eval's own accelerate path, one model per 
 """
 from __future__ import annotations
 
+import os
 from typing import List, Optional
 
 import torch
@@ -42,6 +43,7 @@ from .. import reducers
 from ..authors import BENCHMARKS
 
 NONE = "none"
+IMAGES = (".jpg", ".jpeg", ".png")
 
 
 def manifests():
@@ -203,6 +205,16 @@ class _PatchedVideoLLM(lmms):
         if len(paths) != 1 or len(visuals) != 1:
             raise ValueError(f"{type(self).__name__} takes one video (a file path) per question; "
                              f"{where} gives {len(visuals)} visual(s)")
+        if os.path.isdir(paths[0]):  # a folder of frames (some MVBench sources): sample them
+            import numpy as np
+            from PIL import Image
+
+            names = sorted(n for n in os.listdir(paths[0]) if n.lower().endswith(IMAGES))
+            if not names:
+                raise ValueError(f"{where}: {paths[0]} is a folder without frames ({IMAGES})")
+            picks = np.linspace(0, len(names) - 1, min(self.max_frames_num, len(names)))
+            return np.stack([np.asarray(Image.open(os.path.join(paths[0], names[int(round(i))]))
+                                        .convert("RGB")) for i in picks])
         return read_video(paths[0], num_frm=self.max_frames_num)  # [T, H, W, 3] uint8
 
     def _prompt(self, question: str) -> str:
@@ -241,9 +253,11 @@ class _PatchedVideoLLM(lmms):
             inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(self._model.dtype)
         temperature = float(gen_kwargs.get("temperature", 0) or 0)
         sample = temperature > 0 and bool(gen_kwargs.get("do_sample", True))
+        pad = self.tokenizer.pad_token_id
+        pad = self.tokenizer.eos_token_id if pad is None else pad
         settings = dict(max_new_tokens=int(gen_kwargs.get("max_new_tokens", 1024)),
                         do_sample=sample, num_beams=int(gen_kwargs.get("num_beams", 1) or 1),
-                        pad_token_id=self.tokenizer.pad_token_id)
+                        pad_token_id=pad)
         if sample:
             settings.update(temperature=temperature, top_p=gen_kwargs.get("top_p"))
         calls, prompt_lengths = [], []
@@ -274,7 +288,7 @@ class _PatchedVideoLLM(lmms):
             for stop in until:
                 if stop:
                     text = text.split(stop)[0]
-            produced = int((row != self.tokenizer.pad_token_id).sum())
+            produced = int((row != pad).sum())
             answers.append(GenerationResult(text, TokenCounts(input_tokens=int(length),
                                                               output_tokens=produced)))
         return answers
