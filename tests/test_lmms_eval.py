@@ -234,3 +234,16 @@ def test_model_args_errors_are_named():
     assert plugin.build_reducer("llava-onevision-7b", "none") is None
     authors = plugin.build_reducer("llava-video-7b", "aot-authors", benchmark="videomme")
     assert (authors.anchors, authors.inter, authors.pool) == (180, False, "bilinear")
+
+
+def test_constructor_errors_are_named_before_loading():
+    with pytest.raises(ValueError, match="batch_size must be a count"):
+        plugin.AOTLlavaOnevision(pretrained="/nowhere", reducer="none", batch_size="auto")
+    with pytest.raises(ValueError, match="max_frames_num must be an int"):
+        plugin.AOTLlavaVid(pretrained="/nowhere", reducer="none", max_frames_num=0)
+    with pytest.raises(TypeError, match="unknown model_args \\['frames'\\]"):
+        plugin.AOTQwen2_5_VL(pretrained="/nowhere", reducer="none", frames=8)
+    with pytest.raises(ValueError, match="max_pixels must be a positive int"):
+        plugin.AOTQwen2_5_VL(pretrained="/nowhere", reducer="none", max_pixels="big")
+    with pytest.raises(ValueError, match="needs retention="):
+        plugin.AOTLlavaOnevision(pretrained="/nowhere", reducer="tome")

@@ -125,12 +125,15 @@ class _PatchedVideoLLM(lmms):
 
         from .transformers import patch
 
-        batch = int(batch_size)  # lmms-eval passes the CLI string
-        if batch < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        frames = self.DEFAULT_FRAMES if max_frames_num is None else int(max_frames_num)
-        if frames < 1:
-            raise ValueError(f"max_frames_num must be >= 1, got {max_frames_num}")
+        batch = str(batch_size)  # lmms-eval passes the CLI string
+        if not batch.isdigit() or int(batch) < 1:
+            raise ValueError(f"batch_size must be a count >= 1 (no 'auto'), got {batch_size!r}")
+        batch = int(batch)
+        frames = self.DEFAULT_FRAMES if max_frames_num is None else max_frames_num
+        if not isinstance(frames, int) or frames < 1:
+            raise ValueError(f"max_frames_num must be an int >= 1, got {max_frames_num!r}")
+        if local_layer in ("none", "None"):  # model_args are strings: none = local = global
+            local_layer = None
         self.reducer = build_reducer(self.PRESET, reducer, retention, benchmark, anchors,
                                      keep_ratio, merge)
         accelerator = Accelerator()
