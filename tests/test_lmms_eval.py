@@ -191,6 +191,13 @@ def test_llava_onevision_authors_variant_keeps_a_data_dependent_count(workdir):
                                "--batch_size", "2"], "authors")
     assert 0.0 <= score["accuracy,none"] <= 1.0
     assert all(a < f for a, f in zip(input_tokens(got), input_tokens(full)))
+    # Batched (rows re-padded to the longest kept count) = one video at a time.
+    alone, _ = run(workdir, ["lmms_eval", "--model", "aot_llava_onevision", "--model_args",
+                             f"pretrained={model},reducer=aot-authors,benchmark=mvbench,anchors=16,"
+                             f"dtype=float32,max_frames_num={FRAMES}",
+                             "--batch_size", "1"], "authors-alone")
+    assert input_tokens(alone) == input_tokens(got) and len(set(input_tokens(got))) > 1
+    assert [r["filtered_resps"] for r in alone] == [r["filtered_resps"] for r in got]
 
 
 def test_qwen2_5_vl_with_reduction(workdir):
