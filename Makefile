@@ -58,13 +58,13 @@ test-cpp: $(DEPS)
 # lmms-eval end to end (tests/test_lmms_eval.py) in its own venv, .venv-eval: the same CPU torch
 # (constrained, so nothing replaces it), lmms-eval without its ~50 dependencies (wandb, spacy,
 # openai, ...) plus what its CLI, a local task and our models import; PyPI's torchvision is
-# CUDA-built, and tests/vllm/torchvision_cpu_shim.py lets it import beside the CPU torch.
+# CUDA-built, and tests/vllm_serving/torchvision_cpu_shim.py lets it import beside the CPU torch.
 EVAL_VENV := .venv-eval
 EVAL_PY := $(EVAL_VENV)/bin/python
 EVAL_DEPS := $(EVAL_VENV)/.deps-installed
 EVAL_PIP := $(EVAL_PY) -m pip install -q --disable-pip-version-check -c $(EVAL_VENV)/constraints.txt
 
-$(EVAL_DEPS): pyproject.toml tests/vllm/torchvision_cpu_shim.py
+$(EVAL_DEPS): pyproject.toml tests/vllm_serving/torchvision_cpu_shim.py
 	test -x $(EVAL_PY) || $(PYTHON) -m venv $(EVAL_VENV)
 	echo "$(TORCH_SPEC)" > $(EVAL_VENV)/constraints.txt
 	$(EVAL_PIP) $(TORCH_PIP_FLAGS) "$(TORCH_SPEC)"
@@ -72,7 +72,7 @@ $(EVAL_DEPS): pyproject.toml tests/vllm/torchvision_cpu_shim.py
 	$(EVAL_PIP) numpy setuptools wheel ninja pytest "transformers==5.23.0" torchvision accelerate \
 		datasets evaluate sacrebleu tenacity loguru pyyaml jsonlines pytablewriter pillow "av<16" \
 		"filelock>=3.16,<4"
-	cp tests/vllm/torchvision_cpu_shim.py "$$($(EVAL_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+	cp tests/vllm_serving/torchvision_cpu_shim.py "$$($(EVAL_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 	echo "import torchvision_cpu_shim" > "$$($(EVAL_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torchvision_cpu_shim.pth"
 	$(EVAL_PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 	touch $@

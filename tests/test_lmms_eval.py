@@ -29,10 +29,10 @@ TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }} {% for c in m['c
 
 
 def _tiny_models():
-    """tests/vllm/tiny_models.py (shared with the vLLM tests), loaded by path."""
+    """tests/vllm_serving/tiny_models.py (shared with the vLLM tests), loaded by path."""
     import importlib.util
 
-    path = Path(__file__).parent / "vllm" / "tiny_models.py"
+    path = Path(__file__).parent / "vllm_serving" / "tiny_models.py"
     spec = importlib.util.spec_from_file_location("aot_tiny_models", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
