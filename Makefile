@@ -26,7 +26,7 @@ HF_OLDEST_DEPS := "huggingface-hub==1.33.0" "httpx==0.28.1" "httpcore==1.0.9" "c
 HF_TESTS := tests/test_transformers_integration.py tests/test_transformers_authors.py \
 	tests/test_transformers_generate.py
 
-.PHONY: demo test test-py test-cpp compile-gate test-hf-oldest bench bench-gpu gpu-check clean
+.PHONY: demo test test-py test-cpp compile-gate test-hf-oldest test-eval bench bench-gpu gpu-check clean
 
 $(DEPS): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,7 +43,7 @@ $(BUILT): $(DEPS) $(CXX_SOURCES)
 demo: $(BUILT)
 	$(PY) -m aot_kernels demo
 
-test: test-cpp compile-gate test-py test-hf-oldest
+test: test-cpp compile-gate test-py test-hf-oldest test-eval
 
 # Every Triton kernel through the real compiler for sm_80 and sm_90 (no GPU needed), against the
 # pinned Triton (also run by tests/test_compile_gate.py) and the oldest supported one.
@@ -75,6 +75,31 @@ test-cpp: $(DEPS)
 	$(VENV)/bin/cmake --build $(CMAKE_DIR)
 	$(VENV)/bin/ctest --test-dir $(CMAKE_DIR) --output-on-failure
 
+# lmms-eval end to end (tests/test_lmms_eval.py) in its own venv, .venv-eval: the same CPU torch
+# (constrained, so nothing replaces it), lmms-eval without its ~50 dependencies (wandb, spacy,
+# openai, ...) plus what its CLI, a local task and our models import; PyPI's torchvision is
+# CUDA-built, and tests/vllm_serving/torchvision_cpu_shim.py lets it import beside the CPU torch.
+EVAL_VENV := .venv-eval
+EVAL_PY := $(EVAL_VENV)/bin/python
+EVAL_DEPS := $(EVAL_VENV)/.deps-installed
+EVAL_PIP := $(EVAL_PY) -m pip install -q --disable-pip-version-check -c $(EVAL_VENV)/constraints.txt
+
+$(EVAL_DEPS): pyproject.toml tests/vllm_serving/torchvision_cpu_shim.py
+	test -x $(EVAL_PY) || $(PYTHON) -m venv $(EVAL_VENV)
+	echo "$(TORCH_SPEC)" > $(EVAL_VENV)/constraints.txt
+	$(EVAL_PIP) $(TORCH_PIP_FLAGS) "$(TORCH_SPEC)"
+	$(EVAL_PIP) --no-deps "lmms-eval==0.7.3"
+	$(EVAL_PIP) numpy setuptools wheel ninja pytest "transformers==5.23.0" torchvision accelerate \
+		datasets evaluate sacrebleu tenacity loguru pyyaml jsonlines pytablewriter pillow "av<16" \
+		"filelock>=3.16,<4"
+	cp tests/vllm_serving/torchvision_cpu_shim.py "$$($(EVAL_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+	echo "import torchvision_cpu_shim" > "$$($(EVAL_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torchvision_cpu_shim.pth"
+	$(EVAL_PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+	touch $@
+
+test-eval: $(EVAL_DEPS)
+	OMP_NUM_THREADS=1 $(EVAL_PY) -m pytest tests/test_lmms_eval.py -q
+
 bench: $(BUILT)
 	$(PY) -m aot_kernels bench --json bench.json --plot bench.png
 
@@ -92,4 +117,4 @@ gpu-check:
 	AOT_KERNELS_STRICT=1 $(PYTHON) benchmarks/bench_gpu.py --json gpu_check.json
 
 clean:
-	rm -rf build $(VENV) aot_kernels/*.so *.egg-info
+	rm -rf build $(VENV) $(EVAL_VENV) aot_kernels/*.so *.egg-info

@@ -1,4 +1,4 @@
-"""Command line: demo (what `make demo` runs), reduce, compare, bench, flops."""
+"""Command line: demo (what `make demo` runs), reduce, compare, bench, flops, eval."""
 from __future__ import annotations
 
 import argparse
@@ -239,6 +239,34 @@ def flops_command(args) -> int:
     return 0
 
 
+def eval_command(args) -> int:
+    """`python -m lmms_eval` with one of our models (integrations/lmms_eval.py): --pretrained,
+    --reducer, --retention and --benchmark join --model_args; other arguments pass through."""
+    import importlib.util
+    import shlex
+    import subprocess
+
+    model_args = [a for a in args.model_args.split(",") if a] if args.model_args else []
+    given = {a.split("=", 1)[0] for a in model_args}
+    for key in ("pretrained", "reducer", "retention", "benchmark"):
+        value = getattr(args, key)
+        if value is None:
+            continue
+        if key in given:
+            print(f"error: {key} given twice (--{key} and --model_args)", file=sys.stderr)
+            return 2
+        model_args.append(f"{key}={value}")
+    cmd = [sys.executable, "-m", "lmms_eval", "--model", args.model, "--tasks", args.tasks]
+    cmd += (["--model_args", ",".join(model_args)] if model_args else []) + args.extra
+    print(shlex.join(cmd), flush=True)
+    if args.dry_run:
+        return 0
+    if importlib.util.find_spec("lmms_eval") is None:
+        print("error: lmms-eval is not installed: pip install -e '.[eval]'", file=sys.stderr)
+        return 2
+    return subprocess.call(cmd)
+
+
 def _reducer_names():
     from .reducers import NAMES
 
@@ -312,7 +340,22 @@ def main(argv=None) -> int:
     p_flops.add_argument("--ffn", type=int, help="custom LLM: FFN width m")
     p_flops.add_argument("--json", action="store_true", help="print one JSON object")
     p_flops.set_defaults(func=flops_command)
-    args = parser.parse_args(argv)
+    p_eval = sub.add_parser("eval", help="lmms-eval with aot_llava_onevision | aot_llava_vid | "
+                            "aot_qwen2_5_vl; other arguments go to python -m lmms_eval")
+    p_eval.add_argument("--model", required=True,
+                        choices=["aot_llava_onevision", "aot_llava_vid", "aot_qwen2_5_vl"])
+    p_eval.add_argument("--tasks", required=True, help="lmms-eval task names, comma-separated")
+    p_eval.add_argument("--pretrained", help="transformers checkpoint (default: the model's 7B)")
+    p_eval.add_argument("--reducer", help="aot (default) | aot-authors | a baseline | none")
+    p_eval.add_argument("--retention", type=float, help="kept fraction, (0, 1]")
+    p_eval.add_argument("--benchmark", help="aot-authors: the authors' setting for this benchmark")
+    p_eval.add_argument("--model_args", help="more model_args, k=v,k=v")
+    p_eval.add_argument("--dry-run", action="store_true", help="print the command only")
+    p_eval.set_defaults(func=eval_command)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "eval":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     if getattr(args, "repeat", 1) < 1:
         parser.error("--repeat must be >= 1")
     if args.command == "demo" and not 0.0 < args.retention <= 1.0:
