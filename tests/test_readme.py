@@ -35,6 +35,9 @@ SKIP = {
     "accelerate launch": "multi-GPU evaluation",
     "lmms_eval": "needs the [eval] extra (lmms-eval) and model weights",
     "pip install": "installs packages",
+    "llava-hf/": "names a 7B checkpoint (the weights and a GPU)",
+    "$OV ": "the paper's reproduction runs (lmms-eval, 7B weights, GPUs)",
+    "$VID ": "the paper's reproduction runs (lmms-eval, 7B weights, GPUs)",
 }
 
 
@@ -51,7 +54,7 @@ def commands():
     optional [parts] dropped and kept."""
     found = []
     for block in blocks("bash"):
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # join continued lines
             line = line.split("  #")[0].strip()
             if line and not line.startswith("#"):
                 found.append(line)
