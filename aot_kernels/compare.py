@@ -64,21 +64,21 @@ def run(videos: Sequence[Tuple[torch.Tensor, Optional[torch.Tensor], Tuple[int, 
             ms.append(median_ms(lambda: reducer(features, scores, grid=grid), min_time=0.0,
                                 min_runs=repeat, max_runs=repeat))
             tokens.append(len(out))
-            attention.append(metrics.attention_fidelity(features, out))
-            distance.append(metrics.set_distance(features, out))
+            attention.append(metrics.readout(features, out)["readout"])
+            distance.append(metrics.reconstruction(features, out))
             bar.step(label)
         k = len(videos)
         rows.append({"reducer": label, "tokens": sum(tokens) / k, "ms": sum(ms) / k,
-                     "attention": sum(attention) / k, "set_distance": sum(distance) / k})
+                     "attention": sum(attention) / k, "reconstruction": sum(distance) / k})
     return rows
 
 
 def format_rows(rows: List[dict]) -> str:
-    lines = [f"  {'reducer':<16} {'tokens':>7} {'ms':>8} {'attention fidelity':>19} "
-             f"{'set distance':>13}"]
+    lines = [f"  {'reducer':<16} {'tokens':>7} {'ms':>8} {'readout':>19} "
+             f"{'reconstruction':>13}"]
     for r in rows:
         lines.append(f"  {r['reducer']:<16} {r['tokens']:>7.0f} {r['ms']:>8.1f} "
-                     f"{r['attention']:>19.4f} {r['set_distance']:>13.4f}")
+                     f"{r['attention']:>19.4f} {r['reconstruction']:>13.4f}")
     return "\n".join(lines)
 
 
