@@ -94,10 +94,18 @@ def self_attention_scores(features: torch.Tensor) -> torch.Tensor:
     return attn.mean(1)
 
 
+def encode(pixels: np.ndarray, dim: int = 1152) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Frames [F, 224, 224, 3] in [0, 1] -> (features [F, 196, dim] float32, scores [F, 196]):
+    the stand-in vision tower every built-in video goes through (descriptors, projection,
+    mean self-attention received)."""
+    features = tokens_from_descriptors(patch_descriptors(pixels), dim)
+    return features, self_attention_scores(features)
+
+
 def demo_video(dim: int = 1152, frames: int = FRAMES) -> DemoVideo:
     pixels = photo_frames(frames, min(CUT, frames))
-    features = tokens_from_descriptors(patch_descriptors(pixels), dim)
-    return DemoVideo(pixels, features, self_attention_scores(features), GRID, min(CUT, frames))
+    features, scores = encode(pixels, dim)
+    return DemoVideo(pixels, features, scores, GRID, min(CUT, frames))
 
 
 def draw(path: str, video: DemoVideo, reduced, anchors: torch.Tensor, cols: int = 8) -> None:
