@@ -97,6 +97,37 @@ def _temperatures(temps) -> Tuple[float, ...]:
     return temps
 
 
+SPAN_RANK = 64  # compress to the tokens' span when it has at most this many dimensions
+SPAN_TOL = 1e-4  # largest relative residual of a token outside the span that still counts as in
+
+
+def _span_basis(*mats: torch.Tensor) -> Optional[torch.Tensor]:
+    """An orthonormal basis Q [D, r] of the rows of mats[0] when they span r <= SPAN_RANK
+    dimensions and every row of every mat lies in it (relative residual <= SPAN_TOL), else None.
+
+    Every proxy reads only inner products with the video's tokens and the reduced tokens (which
+    are weighted means of them), so computing in the span's coordinates (x Q) is exact; for
+    low-rank features (the built-in videos: 31 descriptor entries projected to D) it makes the
+    [F N, K] products D / r times cheaper. Randomised range finder, seeded."""
+    x = mats[0]
+    d = x.shape[1]
+    if d <= 2 * SPAN_RANK:
+        return None
+    g = torch.Generator().manual_seed(0)
+    omega = torch.randn(x.shape[0], SPAN_RANK + 8, generator=g, dtype=x.dtype).to(x.device)
+    u, sv, _ = torch.linalg.svd(x.T @ omega, full_matrices=False)
+    keep = sv > sv[0] * 1e-5 if sv[0] > 0 else sv > 0
+    rank = int(keep.sum())
+    if rank > SPAN_RANK or rank == 0:
+        return None
+    q = u[:, :rank]
+    for m in mats:
+        res = (m - (m @ q) @ q.T).norm(dim=1) / m.norm(dim=1).clamp_min(1e-30)
+        if bool((res > SPAN_TOL).any()):
+            return None
+    return q
+
+
 def held_out_queries(features: torch.Tensor, num_queries: int = 256, seed: int = 0) -> torch.Tensor:
     """[Q, D] seeded queries that are not tokens of the video but read like its tokens.
 
@@ -146,6 +177,9 @@ def readout(features: torch.Tensor, reduced: ReducedVideo, *,
     flat = x.reshape(-1, x.shape[2]).to(cd)
     tokens = r.tokens.to(cd)
     q = held_out_queries(x, num_queries, seed)
+    basis = _span_basis(flat, tokens)
+    if basis is not None:  # exact: only inner products with the span's vectors are read
+        flat, tokens, q = flat @ basis, tokens @ basis, q @ basis
     bias = 0.0
     if proportional:
         if bool((r.sizes <= 0).any()):
@@ -171,6 +205,9 @@ def _similarities(features: torch.Tensor, reduced: ReducedVideo,
     if rows is not None:
         x, t = x[rows], t[rows]
     r = reduced.tokens.to(device=x.device, dtype=cd)
+    basis = _span_basis(features.reshape(-1, d).to(cd), r)
+    if basis is not None:
+        x, r = x @ basis, r @ basis
     return x, t, r, F.normalize(x, dim=1, eps=1e-12) @ F.normalize(r, dim=1, eps=1e-12).T
 
 

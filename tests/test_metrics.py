@@ -192,3 +192,22 @@ def test_bad_arguments_are_named():
         metrics.needle(x, out, [0, 8])
     with pytest.raises(ValueError, match="indices"):
         metrics.needle(x, out, [0.5])
+
+
+def test_low_rank_shortcut_is_exact(monkeypatch):
+    """Features in a 10-dimensional subspace of D = 200: the proxies computed in the span's
+    coordinates equal the ones computed in D (the shortcut turned off)."""
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(4, 36, 10, generator=g, dtype=torch.float64) @
+         torch.randn(10, 200, generator=g, dtype=torch.float64))
+    assert metrics._span_basis(x.reshape(-1, 200)) is not None
+    out = reducers.build("tome", retention=0.2)(x, grid=(6, 6))
+    fast = metrics.proxies(x, out, needle_indices=[3, 50])
+    monkeypatch.setattr(metrics, "SPAN_RANK", 10 ** 6)  # d <= 2 * SPAN_RANK: no shortcut
+    assert metrics._span_basis(x.reshape(-1, 200)) is None
+    slow = metrics.proxies(x, out, needle_indices=[3, 50])
+    for k in slow:
+        assert fast[k] == pytest.approx(slow[k], abs=1e-10), k
+    # full-rank features never take it
+    monkeypatch.undo()
+    assert metrics._span_basis(torch.randn(300, 200, dtype=torch.float64)) is None

@@ -47,22 +47,22 @@ def test_static_is_static_and_pan_moves():
     assert still.min() > 0.95 and pan.max() < 0.7
 
 
-def test_needle_indices_point_at_the_needle():
+def test_needle_indices_point_at_the_needles():
     v = videos.load("needle", dim=D)
-    assert len(v.needle) == 12 and sorted(set((v.needle // 196).tolist())) == [14, 15, 16]
-    r, c = videos.NEEDLE_CELL
-    pattern = videos.needle_pattern()
-    for t in range(32):  # drawn in those frames only, where the indices say
-        patch = v.pixels[t, r * 16:(r + 2) * 16, c * 16:(c + 2) * 16]
-        assert np.array_equal(patch, pattern) == (t in (14, 15, 16))
-    for i in v.needle.tolist():
-        t, n = divmod(i, 196)
-        row, col = divmod(n, 14)
-        assert r <= row < r + 2 and c <= col < c + 2
+    assert len(v.needle) == 10
+    shown = {}
+    for frames, (r, c), colours in videos.NEEDLES:
+        pattern = videos.needle_pattern(colours)
+        for t in range(32):  # drawn in its frames only
+            patch = v.pixels[t, r * 16:(r + 1) * 16, c * 16:(c + 1) * 16]
+            assert np.array_equal(patch, pattern) == (t in frames)
+        for t in frames:
+            shown[t * 196 + r * 14 + c] = colours
+    assert sorted(v.needle.tolist()) == sorted(shown)
     flat = F.normalize(v.features.reshape(-1, D), dim=1)
     rest = torch.ones(len(flat), dtype=torch.bool)
     rest[v.needle] = False
-    # distinctive: its tokens are far from every other token of the video
+    # distinctive: each needle token is far from every token that is not a needle
     assert (flat[v.needle] @ flat[rest].T).max() < 0.6
 
 
