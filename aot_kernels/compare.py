@@ -24,7 +24,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 
 from . import metrics, reducers
-from .video import retention as check_retention
+from .video import grid_of, retention as check_retention
 
 Variant = Tuple[str, str, dict]  # (label, reducer name, config)
 PROXIES = ("readout", "reconstruction", "temporal", "needle")  # the table's columns
@@ -136,7 +136,10 @@ def run(cases: Sequence[Case], retentions: Sequence[float], chosen: Iterable[Var
     `random` (no merge) of the mean over cases; "band_cases": the same per case}. ms: median of
     `repeat` timed calls after the call that produced the output.
     """
-    chosen, cases, retentions = list(chosen), list(cases), list(retentions)
+    chosen, retentions = list(chosen), list(retentions)
+    # a square grid when none is given, for every reducer (the authors' default is 27 x 27)
+    cases = [Case(c.name, c.features, c.scores, grid_of(c.grid, c.features.shape[1]), c.needle)
+             for c in cases]
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 2:
         raise ValueError(f"seeds must be an int >= 2 (the random band), got {seeds!r}")
     if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
