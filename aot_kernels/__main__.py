@@ -14,7 +14,6 @@ def demo(args) -> int:
     """AOT on the embedded photo video: stage table, LLM cost, fidelity, and a PNG."""
     from statistics import median
 
-    from . import compare
     from .demo import demo_video, draw
     from .flops import cost
     from .reducer import AOTReducer
@@ -69,23 +68,26 @@ def demo(args) -> int:
           f"{flops.prefill_flops_full / 1e12:.2f} -> {flops.prefill_flops / 1e12:.2f} TFLOPs "
           f"({100 * flops.ratio:.1f}%)")
 
-    per_frame = torch.bincount(out.frame_ids[out.dynamic], minlength=frames).tolist()
-    print(f"  dynamic tokens per frame (quota mode spreads the K - clips x M slots evenly, "
-          f"SPEC §5; --tau lets them follow the content):\n    {per_frame}")
+    from .demo import proxy_report, tokens_per_frame
 
-    print(f"\n  fidelity at the same budget ({len(out)} tokens), no LLM needed "
-          f"(`python -m aot_kernels compare` runs every variant):")
-    chosen = compare.variants(["aot", "visionzip", "tome", "dycoke", "topk", "pool", "random"],
-                              ot_merge=False)
-    rows = compare.run([(video.features, video.scores, video.grid)], args.retention, chosen,
-                       repeat=1, progress=False)
-    print(compare.format_rows(rows))
+    dyn = AOTReducer(args.retention, segmentation="dynamic")(video.features, video.scores,
+                                                             grid=video.grid)
+    counts = {"AOTReducer()": tokens_per_frame(out, frames),
+              "segmentation='dynamic'": tokens_per_frame(dyn, frames)}
+    print(f"\n  tokens per frame (anchors count at their clip's first frame; scene cut at frame "
+          f"{video.cut}):")
+    for label, per_frame in counts.items():
+        print(f"    {label:<24} {per_frame[:video.cut]} | {per_frame[video.cut:]}")
+    print(f"\n  SPEC §9 proxies at the same budget, no LLM needed (`python -m aot_kernels "
+          f"compare` runs every variant on every built-in video):")
+    print(proxy_report(video, args.retention, ["aot", "aot-authors", "visionzip", "tome",
+                                               "dycoke", "topk", "pool", "random"]))
 
     from .selection import select_anchors
 
     anchors = select_anchors(video.scores, grid=video.grid,
                              num_anchors=st["anchors_per_frame"]).anchors
-    draw(args.out, video, out, anchors)
+    draw(args.out, video, out, anchors, counts=counts)
     print(f"\n  wrote {args.out}: frames with anchors, dynamic tokens and clip boundaries")
     return 0
 

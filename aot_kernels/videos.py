@@ -115,19 +115,24 @@ def _cuts_pixels(frames: int):
     return np.stack(out), cuts, None
 
 
-# Four needles: (frames, token (row, col), two colours). One patch each, 2-3 frames each, at
-# different places and times, so that `random` finds a few by chance and the band stays narrow.
-NEEDLES = (((3, 4, 5), (2, 3), ((1.0, 0.0, 1.0), (0.0, 1.0, 0.2))),
-           ((11, 12), (9, 11), ((0.0, 1.0, 1.0), (1.0, 0.0, 0.0))),
-           ((17, 18, 19), (5, 6), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))),
-           ((26, 27), (11, 2), ((1.0, 0.5, 0.0), (0.5, 0.0, 1.0))))
+# Four needles: (frames, token (row, col), (pattern, two colours)). One patch each, 2-3 frames
+# each, at different places and times, each a different pattern (so that finding one does not
+# find the others), so that `random` finds a few by chance and its band stays narrow.
+NEEDLES = (((3, 4, 5), (2, 3), ("checker", (1.0, 0.0, 1.0), (0.0, 1.0, 0.2))),
+           ((11, 12), (9, 11), ("rows", (0.0, 1.0, 1.0), (1.0, 0.0, 0.0))),
+           ((17, 18, 19), (5, 6), ("columns", (1.0, 1.0, 0.0), (0.0, 0.0, 1.0))),
+           ((26, 27), (11, 2), ("diagonal", (1.0, 0.5, 0.0), (0.5, 0.0, 1.0))))
+_PATTERNS = {"checker": lambda y, x: (y // 4 + x // 4) % 2, "rows": lambda y, x: (y // 4) % 2,
+             "columns": lambda y, x: (x // 4) % 2, "diagonal": lambda y, x: ((x + y) // 4) % 2}
 
 
-def needle_pattern(colours) -> np.ndarray:
-    """[16, 16, 3]: a checkerboard of 4-pixel squares in two saturated colours (colour and
-    strong gradients that no photo here has)."""
+def needle_pattern(spec) -> np.ndarray:
+    """[16, 16, 3] for spec = (pattern, colour, colour): 4-pixel squares, rows, columns or
+    diagonal stripes in two saturated colours (colour and strong gradients that no photo here
+    has)."""
+    pattern, *colours = spec
     yy, xx = np.mgrid[0:PATCH, 0:PATCH]
-    check = ((yy // 4 + xx // 4) % 2).astype(bool)
+    check = _PATTERNS[pattern](yy, xx).astype(bool)
     out = np.empty((PATCH, PATCH, 3))
     out[check] = colours[0]
     out[~check] = colours[1]

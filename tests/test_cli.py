@@ -18,7 +18,8 @@ def test_demo_prints_the_table_and_writes_the_png(tmp_path):
     out = run.stdout
     for needle in ("32 frames x 196 tokens", "anchor selection", "intra-frame OT",
                    "inter-frame OT", "total", "627", "LLaVA-OneVision-7B prefill",
-                   "attention fidelity", "visionzip", "tome", "dycoke", str(png)):
+                   "readout", "random band", "aot-authors", "visionzip", "tome", "dycoke",
+                   "tokens per frame", str(png)):
         assert needle in out, needle
     assert "cpp ms" in out and "torch ms" in out and "agree" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -62,8 +62,8 @@ def test_needle_indices_point_at_the_needles():
     flat = F.normalize(v.features.reshape(-1, D), dim=1)
     rest = torch.ones(len(flat), dtype=torch.bool)
     rest[v.needle] = False
-    # distinctive: each needle token is far from every token that is not a needle
-    assert (flat[v.needle] @ flat[rest].T).max() < 0.6
+    # distinctive: losing a needle costs (best cosine to any other token well below 1)
+    assert (flat[v.needle] @ flat[rest].T).max() < 0.8
 
 
 def test_bad_arguments_are_named():
