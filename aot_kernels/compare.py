@@ -155,13 +155,10 @@ def run(cases: Sequence[Case], retentions: Sequence[float], chosen: Iterable[Var
         band_cases[retention] = {}
         for case in cases:
             for s in range(seeds):
-                out = reducers.build("random", retention=retention, seed=s, merge=None)(
-                    case.features, grid=case.grid)
-                per_seed[s].append(metrics.proxies(case.features, out, needle_indices=case.needle))
+                per_seed[s] += metrics.random_runs(case.features, retention, [s], grid=case.grid,
+                                                   needle_indices=case.needle)
                 bar.step(f"random band {s}")
-            band_cases[retention][case.name] = {
-                k: (min(p[-1][k] for p in per_seed), max(p[-1][k] for p in per_seed))
-                for k in per_seed[0][-1]}
+            band_cases[retention][case.name] = metrics.band([p[-1] for p in per_seed])
             for label, name, config in chosen:
                 red, out = _reduce(name, config, case, retention, backend)
                 times = []
@@ -174,9 +171,7 @@ def run(cases: Sequence[Case], retentions: Sequence[float], chosen: Iterable[Var
                 row.update(metrics.proxies(case.features, out, needle_indices=case.needle))
                 rows.append(row)
                 bar.step(f"{label} {case.name}")
-        means = [_mean(p) for p in per_seed]
-        band[retention] = {k: (min(m[k] for m in means), max(m[k] for m in means))
-                           for k in means[0]}
+        band[retention] = metrics.band([_mean(p) for p in per_seed])
     summary = []
     for retention in retentions:
         for label, _, _ in chosen:

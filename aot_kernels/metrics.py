@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -277,19 +277,33 @@ def proxies(features: torch.Tensor, reduced: ReducedVideo, *, needle_indices=Non
     return out
 
 
+def random_runs(features: torch.Tensor, retention: float, seeds: Sequence[int] = range(5), *,
+                grid=None, needle_indices=None, **readout_options) -> List[Dict[str, float]]:
+    """`proxies` of the `random` reducer (no merge) at `retention`, one dict per seed."""
+    from . import reducers
+
+    x = _features(features)
+    out = []
+    for s in seeds:
+        kept = reducers.build("random", retention=retention, seed=s, merge=None)(x, grid=grid)
+        out.append(proxies(x, kept, needle_indices=needle_indices, **readout_options))
+    return out
+
+
+def band(runs: Sequence[Dict[str, float]]) -> Dict[str, Tuple[float, float]]:
+    """{proxy: (min, max)} over runs (at least 2)."""
+    if len(runs) < 2:
+        raise ValueError(f"seeds must hold at least 2 seeds for a band, got {len(runs)}")
+    return {k: (min(r[k] for r in runs), max(r[k] for r in runs)) for k in runs[0]}
+
+
 def random_band(features: torch.Tensor, retention: float, seeds: Sequence[int] = range(5), *,
                 grid=None, needle_indices=None, **readout_options) -> Dict[str, Tuple[float, float]]:
     """(low, high) of every proxy over the `random` reducer with each seed (no merge) at
     `retention`: how much the proxies move by chance alone at this budget. A reducer whose value
     falls inside the band is not distinguishable from keeping tokens at random."""
-    from . import reducers
-
-    x = _features(features)
     seeds = list(seeds)
     if len(seeds) < 2:
         raise ValueError(f"seeds must hold at least 2 seeds for a band, got {len(seeds)}")
-    values = []
-    for s in seeds:
-        out = reducers.build("random", retention=retention, seed=s, merge=None)(x, grid=grid)
-        values.append(proxies(x, out, needle_indices=needle_indices, **readout_options))
-    return {k: (min(v[k] for v in values), max(v[k] for v in values)) for k in values[0]}
+    return band(random_runs(features, retention, seeds, grid=grid, needle_indices=needle_indices,
+                            **readout_options))
