@@ -127,14 +127,18 @@ def _mean(dicts: List[Dict[str, float]]) -> Dict[str, float]:
 
 
 def run(cases: Sequence[Case], retentions: Sequence[float], chosen: Iterable[Variant], *,
-        seeds: int = 5, repeat: int = 1, progress: bool = True, backend: str = "auto") -> dict:
+        seeds: int = 5, repeat: int = 1, progress: bool = True, backend: str = "auto",
+        skip_infeasible: bool = False) -> dict:
     """Judge every variant on every case at every retention.
 
     Returns {"rows": [{reducer, retention, video, tokens, ms, <proxy>: value, ...}] per
     variant, case and retention; "summary": [{reducer, retention, tokens, ms, <proxy>: mean over
     cases}]; "band": {retention: {<proxy>: (low, high)}}, the min and max over `seeds` seeds of
     `random` (no merge) of the mean over cases; "band_cases": the same per case}. ms: median of
-    `repeat` timed calls after the call that produced the output.
+    `repeat` timed calls after the call that produced the output. skip_infeasible: a variant
+    that raises ValueError on a video (a budget it cannot meet there) gets a row with "error"
+    instead of stopping the run, and its summary averages the other videos ("skipped" names
+    the ones left out).
     """
     chosen, retentions = list(chosen), list(retentions)
     # a square grid when none is given, for every reducer (the authors' default is 27 x 27)
@@ -160,7 +164,15 @@ def run(cases: Sequence[Case], retentions: Sequence[float], chosen: Iterable[Var
                 bar.step(f"random band {s}")
             band_cases[retention][case.name] = metrics.band([p[-1] for p in per_seed])
             for label, name, config in chosen:
-                red, out = _reduce(name, config, case, retention, backend)
+                try:
+                    red, out = _reduce(name, config, case, retention, backend)
+                except ValueError as exc:  # e.g. a budget the setting cannot meet on this video
+                    if not skip_infeasible:
+                        raise
+                    rows.append({"reducer": label, "retention": retention, "video": case.name,
+                                 "error": str(exc)})
+                    bar.step(f"{label} {case.name}")
+                    continue
                 times = []
                 for _ in range(repeat):
                     t0 = time.perf_counter()
@@ -176,9 +188,11 @@ def run(cases: Sequence[Case], retentions: Sequence[float], chosen: Iterable[Var
     for retention in retentions:
         for label, _, _ in chosen:
             mine = [r for r in rows if r["reducer"] == label and r["retention"] == retention]
+            done = [r for r in mine if "error" not in r]
             values = _mean([{k: v for k, v in r.items() if isinstance(v, float) or k == "tokens"}
-                            for r in mine])
-            summary.append({"reducer": label, "retention": retention, **values})
+                            for r in done]) if done else {}
+            summary.append({"reducer": label, "retention": retention, **values,
+                            "skipped": [r["video"] for r in mine if "error" in r]})
     return {"rows": rows, "summary": summary, "band": band, "band_cases": band_cases}
 
 

@@ -79,8 +79,17 @@ def table(result: dict, opts, retention: float) -> str:
     cols = [c for c in COLUMNS if c in base]
     head = ["option", "setting"] + cols
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * len(cols)]
+    notes = []
     for option, label, _ in opts:
         r = rows[label]
+        if r["skipped"]:  # infeasible on some videos: not comparable with the band
+            why = {x["video"]: x["error"] for x in result["rows"]
+                   if x["reducer"] == label and "error" in x}
+            notes.append(f"{label}: infeasible on {', '.join(r['skipped'])} "
+                         f"({next(iter(why.values()))[:120]}...)")
+            lines.append(f"| {option} | {label} | " + " | ".join(
+                f"n/a ({len(r['skipped'])} video(s) infeasible)" for _ in cols) + " |")
+            continue
         cells = []
         for c in cols:
             width = max(band[c][1] - band[c][0], 1e-12)
@@ -90,7 +99,7 @@ def table(result: dict, opts, retention: float) -> str:
         lines.append(f"| {option} | {label} | " + " | ".join(cells) + " |")
     lines.append("| random band | min-max over seeds | " +
                  " | ".join(f"{band[c][0]:.4f}-{band[c][1]:.4f}" for c in cols) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + [""] + [f"- {n}" for n in notes])
 
 
 def best(result: dict, opts, retention: float) -> List[str]:
@@ -101,7 +110,8 @@ def best(result: dict, opts, retention: float) -> List[str]:
     base = rows["AOTReducer()"]
     out = []
     for c in [c for c in COLUMNS if c in base]:
-        label = max((lab for _, lab, _ in opts), key=lambda lab: rows[lab][c])
+        label = max((lab for _, lab, _ in opts if not rows[lab]["skipped"]),
+                    key=lambda lab: rows[lab][c])
         width = max(band[c][1] - band[c][0], 1e-12)
         out.append(f"{c}: {label} {rows[label][c]:.4f} "
                    f"({(rows[label][c] - base[c]) / width:+.1f} band widths over the default "
@@ -137,7 +147,7 @@ def main(argv=None) -> int:
         chosen = [(label, "aot", config) for _, label, config in opts]
         try:
             result = compare.run(cases, [retention], chosen, seeds=args.seeds,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, skip_infeasible=True)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

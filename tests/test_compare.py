@@ -63,3 +63,15 @@ def test_bad_arguments_are_named():
         compare.variants(["fastv"])
     with pytest.raises(ValueError, match="at least one"):
         compare.run([], [0.1], compare.variants(["tome"]), progress=False)
+
+
+def test_infeasible_settings_are_skipped_only_when_asked():
+    chosen = [("aot", "aot", {}), ("clip 1", "aot", {"clip_len": 1})]  # K=5 < 6 clips of 1 frame
+    with pytest.raises(ValueError, match="budget impossible"):
+        compare.run(cases(), [0.05], chosen, seeds=2, progress=False)
+    result = compare.run(cases(), [0.05], chosen, seeds=2, progress=False, skip_infeasible=True)
+    bad = [r for r in result["rows"] if r["reducer"] == "clip 1"]
+    assert len(bad) == 2 and all("budget impossible" in r["error"] for r in bad)
+    summary = {r["reducer"]: r for r in result["summary"]}
+    assert summary["clip 1"]["skipped"] == ["v0", "v1"] and "readout" not in summary["clip 1"]
+    assert summary["aot"]["skipped"] == [] and "readout" in summary["aot"]
