@@ -17,6 +17,7 @@ share x K / clips, clamped as AOTReducer's default rule clamps it; AOTReducer's 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import platform
@@ -32,7 +33,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from aot_kernels import compare, videos  # noqa: E402
+from aot_kernels import AOTReducer, compare, videos  # noqa: E402
 from aot_kernels.clips import uniform_clips  # noqa: E402
 from aot_kernels.reducer import DEFAULT_CLIP_LEN  # noqa: E402
 from aot_kernels.video import token_budget  # noqa: E402
@@ -125,6 +126,11 @@ def main(argv=None) -> int:
     p.add_argument("--videos", nargs="+", choices=videos.NAMES, default=list(videos.NAMES))
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="one value per option (for tests)")
+    p.add_argument("--combined", nargs="+", metavar="KEY=VALUE", action="append", default=[],
+                   help="also one row with these options together (repeatable), e.g. "
+                   "--combined eps=0.02 lam_inter=0")
+    p.add_argument("--combined-only", action="store_true",
+                   help="only the default and the --combined rows")
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -137,13 +143,24 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     report: Dict[str, dict] = {}
     print(f"# AOTReducer options, one at a time (SPEC §9 proxies, mean over {', '.join(args.videos)})")
-    print(f"\ncommand: python benchmarks/fidelity_sweep.py {' '.join(argv or sys.argv[1:])}")
+    print(f"\ncommand: python benchmarks/fidelity_sweep.py {' '.join(sys.argv[1:] if argv is None else argv)}")
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
           f"thread(s), torch {torch.__version__}; commit {commit}")
     print("cells: mean over the videos, mark against the random band (~ inside, + above, "
           "- below), (change from the default in band widths)")
     for retention in args.retention:
         opts = options(retention, quick=args.quick)
+        if args.combined_only:
+            opts = opts[:1]
+        for combo in args.combined:
+            try:
+                config = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in combo)}
+                AOTReducer(retention, **config)  # names and values checked before any work
+            except (ValueError, SyntaxError, TypeError) as exc:
+                print(f"error: --combined takes AOTReducer KEY=VALUE items, got {combo} ({exc})",
+                      file=sys.stderr)
+                return 2
+            opts.append(("combined", " ".join(combo), config))
         chosen = [(label, "aot", config) for _, label, config in opts]
         try:
             result = compare.run(cases, [retention], chosen, seeds=args.seeds,

@@ -30,9 +30,24 @@ def test_options_are_one_change_each_and_feasible(retention):
 
 def test_tiny_run_prints_a_markdown_table(capsys, tmp_path):
     assert sweep.main(["--quick", "--videos", "needle", "--retention", "0.1", "--seeds", "2",
-                       "--no-progress", "--json", str(tmp_path / "s.json")]) == 0
+                       "--no-progress", "--json", str(tmp_path / "s.json"),
+                       "--combined", "eps=0.02", "lam_inter=0"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| option | setting | readout | reconstruction | temporal | needle")
     assert any("eps=0.02" in r for r in rows) and rows[-1].startswith("| random band")
     assert "best per proxy" in out and (tmp_path / "s.json").exists()
+    assert any(r.startswith("| combined | eps=0.02 lam_inter=0 |") for r in rows)
+
+
+def test_bad_combined_options_exit_2(capsys):
+    for bad in (["foo=1"], ["eps=-1"], ["eps"]):
+        assert sweep.main(["--videos", "needle", "--retention", "0.1", "--combined", *bad]) == 2
+        assert "--combined" in capsys.readouterr().err
+
+
+def test_combined_only_runs_the_default_and_the_combinations(capsys):
+    assert sweep.main(["--videos", "static", "--retention", "0.25", "--seeds", "2", "--no-progress",
+                       "--combined-only", "--combined", "lam_inter=0"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [r.split(" | ")[0] for r in rows[2:]] == ["| default", "| combined", "| random band"]
