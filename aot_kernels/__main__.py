@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import torch
 
@@ -13,7 +14,6 @@ def demo(args) -> int:
     """AOT on the embedded photo video: stage table, LLM cost, fidelity, and a PNG."""
     from statistics import median
 
-    from . import compare
     from .demo import demo_video, draw
     from .flops import cost
     from .reducer import AOTReducer
@@ -68,23 +68,26 @@ def demo(args) -> int:
           f"{flops.prefill_flops_full / 1e12:.2f} -> {flops.prefill_flops / 1e12:.2f} TFLOPs "
           f"({100 * flops.ratio:.1f}%)")
 
-    per_frame = torch.bincount(out.frame_ids[out.dynamic], minlength=frames).tolist()
-    print(f"  dynamic tokens per frame (quota mode spreads the K - clips x M slots evenly, "
-          f"SPEC §5; --tau lets them follow the content):\n    {per_frame}")
+    from .demo import proxy_report, tokens_per_frame
 
-    print(f"\n  fidelity at the same budget ({len(out)} tokens), no LLM needed "
-          f"(`python -m aot_kernels compare` runs every variant):")
-    chosen = compare.variants(["aot", "visionzip", "tome", "dycoke", "topk", "pool", "random"],
-                              ot_merge=False)
-    rows = compare.run([(video.features, video.scores, video.grid)], args.retention, chosen,
-                       repeat=1, progress=False)
-    print(compare.format_rows(rows))
+    dyn = AOTReducer(args.retention, segmentation="dynamic")(video.features, video.scores,
+                                                             grid=video.grid)
+    counts = {"AOTReducer()": tokens_per_frame(out, frames),
+              "segmentation='dynamic'": tokens_per_frame(dyn, frames)}
+    print(f"\n  tokens per frame (anchors count at their clip's first frame; scene cut at frame "
+          f"{video.cut}):")
+    for label, per_frame in counts.items():
+        print(f"    {label:<24} {per_frame[:video.cut]} | {per_frame[video.cut:]}")
+    print(f"\n  SPEC §9 proxies at the same budget, no LLM needed (`python -m aot_kernels "
+          f"compare` runs every variant on every built-in video):")
+    print(proxy_report(video, args.retention, ["aot", "aot-authors", "visionzip", "tome",
+                                               "dycoke", "topk", "pool", "random"]))
 
     from .selection import select_anchors
 
     anchors = select_anchors(video.scores, grid=video.grid,
                              num_anchors=st["anchors_per_frame"]).anchors
-    draw(args.out, video, out, anchors)
+    draw(args.out, video, out, anchors, counts=counts)
     print(f"\n  wrote {args.out}: frames with anchors, dynamic tokens and clip boundaries")
     return 0
 
@@ -158,38 +161,47 @@ def reduce_command(args) -> int:
 
 
 def compare_command(args) -> int:
+    import json
+
     from . import compare
 
     try:
+        grid = tuple(args.grid) if args.grid else None
         if args.features:
-            videos = []
+            cases = []
             for path in args.features:
-                args.scores, feats = None, path
-                ns = argparse.Namespace(features=feats, scores=None)
-                features, scores, _ = _video_inputs(ns)
+                features, scores, _ = _video_inputs(argparse.Namespace(features=path, scores=None))
                 if features.dim() == 4:
-                    videos += [(f, s, tuple(args.grid) if args.grid else None)
-                               for f, s in zip(features, scores)]
+                    cases += [compare.Case(f"{path}[{i}]", f, s, grid)
+                              for i, (f, s) in enumerate(zip(features, scores))]
                 else:
-                    videos.append((features, scores, tuple(args.grid) if args.grid else None))
-            source = f"{len(videos)} video(s) from {len(args.features)} file(s)"
+                    cases.append(compare.Case(path, features, scores, grid))
+            source = f"{len(cases)} video(s) from {len(args.features)} file(s)"
         else:
-            from .demo import demo_video
-
-            v = demo_video()
-            videos = [(v.features, v.scores, v.grid)]
-            source = "the demo video (32 x 196 tokens from scikit-image photos)"
+            cases = compare.builtin_cases(args.videos)
+            source = f"built-in videos {', '.join(c.name for c in cases)} (32 x 196 tokens each)"
         chosen = compare.variants(args.reducers, ot_merge=not args.no_ot_merge)
-        print(f"compare: {source}, retention {args.retention:g}, every reducer at the same budget")
-        rows = compare.run(videos, args.retention, chosen, repeat=args.repeat,
-                           progress=not args.no_progress, backend=args.backend)
+        print(f"compare: {source}; retention {', '.join(f'{r:g}' for r in args.retention)}; "
+              f"every reducer at the same budget, SPEC §9 proxies, random band over "
+              f"{args.seeds} seeds")
+        start = time.perf_counter()
+        result = compare.run(cases, args.retention, chosen, seeds=args.seeds, repeat=args.repeat,
+                             progress=not args.no_progress, backend=args.backend)
     except (ValueError, TypeError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(compare.format_rows(rows))
+    print(compare.report(result, per_video=args.per_video))
+    print(f"\n{time.perf_counter() - start:.0f} s, {torch.get_num_threads()} thread(s)")
     if args.plot:
-        compare.plot(rows, args.plot)
+        compare.plot(result, args.plot)
         print(f"wrote {args.plot}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"argv": sys.argv, **result,
+                       "band": {str(k): v for k, v in result["band"].items()},
+                       "band_cases": {str(k): v for k, v in result["band_cases"].items()}}, f,
+                      indent=1)
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -267,8 +279,14 @@ def eval_command(args) -> int:
     return subprocess.call(cmd)
 
 
-def _reducer_names():
-    from .reducers import NAMES
+def _reducer_names(all_: bool = False):
+    from .reducers import ALL_NAMES, NAMES
+
+    return ALL_NAMES if all_ else NAMES
+
+
+def _video_names():
+    from .videos import NAMES
 
     return NAMES
 
@@ -301,19 +319,25 @@ def main(argv=None) -> int:
     p_reduce.add_argument("--backend", default="auto", help="auto | cpp | torch")
     p_reduce.add_argument("--out", required=True, help="output .pt (dict of tensors)")
     p_reduce.set_defaults(func=reduce_command)
-    p_compare = sub.add_parser("compare", help="every reducer at the same budget: fidelity and "
-                               "time table, plus a plot")
-    p_compare.add_argument("--features", nargs="+", help="video files as for `reduce` (default: "
-                           "the demo video)")
+    p_compare = sub.add_parser("compare", help="every reducer on the built-in videos at the "
+                               "same budget: SPEC §9 proxies against the random band, plot, JSON")
+    p_compare.add_argument("--videos", nargs="+", choices=_video_names(), help="built-in "
+                           "videos (default: all)")
+    p_compare.add_argument("--features", nargs="+", help="your own video files as for `reduce` "
+                           "instead of the built-in videos")
     p_compare.add_argument("--grid", type=int, nargs=2, metavar=("H", "W"))
-    p_compare.add_argument("--retention", type=float, default=0.10)
-    p_compare.add_argument("--reducers", nargs="+", default=list(_reducer_names()),
-                           help="names (default: all)")
+    p_compare.add_argument("--retention", "--retentions", type=float, nargs="+",
+                           default=[0.10, 0.25], help="kept fractions (default 0.1 0.25)")
+    p_compare.add_argument("--reducers", nargs="+", default=list(_reducer_names(all_=True)),
+                           help="names (default: all, with the authors' variant)")
     p_compare.add_argument("--no-ot-merge", action="store_true",
                            help="skip the baselines' merge='ot' variants")
-    p_compare.add_argument("--repeat", type=int, default=3, help="timed runs per video (median)")
+    p_compare.add_argument("--seeds", type=int, default=5, help="seeds of random for the band")
+    p_compare.add_argument("--repeat", type=int, default=1, help="timed runs per video (median)")
     p_compare.add_argument("--backend", default="auto", help="auto | cpp | torch")
+    p_compare.add_argument("--per-video", action="store_true", help="also a table per video")
     p_compare.add_argument("--plot", default="aot_compare.png", help="PNG path ('' to skip)")
+    p_compare.add_argument("--json", metavar="PATH", help="also write every row as JSON")
     p_compare.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_compare.set_defaults(func=compare_command)
     p_bench = sub.add_parser("bench", help="CPU benchmark table: fused op vs torch, "

@@ -10,7 +10,7 @@ token receives under its frame's own softmax self-attention (softmax(X X^T / sqr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -94,16 +94,44 @@ def self_attention_scores(features: torch.Tensor) -> torch.Tensor:
     return attn.mean(1)
 
 
+def encode(pixels: np.ndarray, dim: int = 1152) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Frames [F, 224, 224, 3] in [0, 1] -> (features [F, 196, dim] float32, scores [F, 196]):
+    the stand-in vision tower every built-in video goes through (descriptors, projection,
+    mean self-attention received)."""
+    features = tokens_from_descriptors(patch_descriptors(pixels), dim)
+    return features, self_attention_scores(features)
+
+
 def demo_video(dim: int = 1152, frames: int = FRAMES) -> DemoVideo:
     pixels = photo_frames(frames, min(CUT, frames))
-    features = tokens_from_descriptors(patch_descriptors(pixels), dim)
-    return DemoVideo(pixels, features, self_attention_scores(features), GRID, min(CUT, frames))
+    features, scores = encode(pixels, dim)
+    return DemoVideo(pixels, features, scores, GRID, min(CUT, frames))
 
 
-def draw(path: str, video: DemoVideo, reduced, anchors: torch.Tensor, cols: int = 8) -> None:
+def tokens_per_frame(reduced, frames: int) -> list:
+    """Tokens a reduction spends on each frame (by frame_ids: AOT's anchors count at their
+    clip's first frame, its dynamic tokens at their own)."""
+    return torch.bincount(reduced.frame_ids.reshape(-1).cpu(), minlength=frames).tolist()
+
+
+def proxy_report(video: "DemoVideo", retention: float, reducer_names, seeds: int = 5) -> str:
+    """SPEC §9's proxies for each named reducer on the demo video at `retention`, with the band
+    of `random` over `seeds` seeds (compare.run on this one video; no progress bar)."""
+    from . import compare
+
+    case = compare.Case("demo", video.features, video.scores, video.grid)
+    result = compare.run([case], [retention], compare.variants(reducer_names, ot_merge=False),
+                         seeds=seeds, progress=False)
+    return compare.report(result)
+
+
+def draw(path: str, video: DemoVideo, reduced, anchors: torch.Tensor, cols: int = 8,
+         counts: Optional[Dict[str, list]] = None) -> None:
     """PNG of every frame: its intra-frame anchors (small white dots), the clip anchors that
     survive at each clip's first frame (green), the dynamic tokens (red), clip boundaries
-    (frame border colour, label on the clip's first frame) and the scene cut."""
+    (frame border colour, label on the clip's first frame) and the scene cut; with `counts`
+    ({label: tokens per frame}), a bar strip underneath showing where each reduction spends its
+    tokens, the cut marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,7 +140,11 @@ def draw(path: str, video: DemoVideo, reduced, anchors: torch.Tensor, cols: int 
     frames = video.frames.shape[0]
     h, w = video.grid
     rows = -(-frames // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.15 * rows + 0.6))
+    strip = 1.6 if counts else 0.0
+    fig = plt.figure(figsize=(2.0 * cols, 2.15 * rows + 0.6 + strip))
+    grid_spec = fig.add_gridspec(rows + bool(counts), cols,
+                                 height_ratios=[2.15] * rows + ([strip] if counts else []))
+    axes = [fig.add_subplot(grid_spec[i // cols, i % cols]) for i in range(rows * cols)]
     colours = plt.get_cmap("tab10").colors
     clip_of = {t: k for k, (s, e) in enumerate(reduced.clips) for t in range(s, e)}
     cell = SIZE / w
@@ -144,6 +176,20 @@ def draw(path: str, video: DemoVideo, reduced, anchors: torch.Tensor, cols: int 
         if t == video.cut:
             label += "  (cut)"
         ax.set_title(label + f"  +{int(dyn.sum())}" if dyn.any() else label, fontsize=8)
+    if counts:
+        ax = fig.add_subplot(grid_spec[rows, :])
+        width = 0.8 / len(counts)
+        for i, (label, per_frame) in enumerate(counts.items()):
+            ax.bar(np.arange(frames) + (i - (len(counts) - 1) / 2) * width, per_frame, width,
+                   label=label)
+        ax.axvline(video.cut - 0.5, color="black", linestyle="--", linewidth=1)
+        ax.text(video.cut - 0.4, ax.get_ylim()[1] * 0.9, "scene cut", fontsize=8)
+        ax.set_xlim(-0.6, frames - 0.4)
+        ax.set_xticks(range(frames))
+        ax.tick_params(labelsize=7)
+        ax.set_ylabel("tokens", fontsize=8)
+        ax.set_xlabel("frame (anchors count at their clip's first frame)", fontsize=8)
+        ax.legend(fontsize=7, loc="upper right")
     fig.suptitle(f"AOT at {len(reduced)} of {frames * n} tokens: white = frame anchors, "
                  f"green = clip anchors, red = dynamic tokens (+count); border colour = clip",
                  fontsize=10)

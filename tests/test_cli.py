@@ -18,7 +18,8 @@ def test_demo_prints_the_table_and_writes_the_png(tmp_path):
     out = run.stdout
     for needle in ("32 frames x 196 tokens", "anchor selection", "intra-frame OT",
                    "inter-frame OT", "total", "627", "LLaVA-OneVision-7B prefill",
-                   "attention fidelity", "visionzip", "tome", "dycoke", str(png)):
+                   "readout", "random band", "aot-authors", "visionzip", "tome", "dycoke",
+                   "tokens per frame", str(png)):
         assert needle in out, needle
     assert "cpp ms" in out and "torch ms" in out and "agree" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -79,10 +80,34 @@ def test_compare_prints_every_reducer_with_a_progress_bar(video_files, tmp_path)
     run = cli("compare", "--features", str(pt), str(npz), "--retention", "0.25", "--repeat", "1",
               "--plot", str(png))
     assert run.returncode == 0, run.stderr
-    for name in ("aot", "visionzip", "tome", "dycoke", "topk", "pool", "random", "topk+ot"):
+    for name in ("aot", "aot-authors", "visionzip", "tome", "dycoke", "topk", "pool", "random",
+                 "topk+ot"):
         assert f"\n  {name} " in run.stdout, name
-    assert "2 video(s)" in run.stdout and "26/26" in run.stderr  # 13 variants x 2 videos
+    assert "random band" in run.stdout
+    # (14 variants + 5 random seeds) x 2 videos
+    assert "2 video(s)" in run.stdout and "38/38" in run.stderr
     assert png.exists()
+
+
+def test_compare_on_a_builtin_video_writes_json(tmp_path):
+    import json
+
+    path = tmp_path / "cmp.json"
+    run = cli("compare", "--videos", "needle", "--retention", "0.1", "0.25", "--reducers", "aot",
+              "random", "--no-ot-merge", "--seeds", "2", "--plot", "", "--json", str(path),
+              "--no-progress")
+    assert run.returncode == 0, run.stderr
+    assert "retention 0.1" in run.stdout and "retention 0.25" in run.stdout
+    got = json.loads(path.read_text())
+    assert {r["reducer"] for r in got["rows"]} == {"aot", "random"} and len(got["rows"]) == 4
+    for r in got["rows"]:
+        assert r["video"] == "needle" and {"readout", "reconstruction", "temporal", "needle"} <= set(r)
+        assert r["tokens"] == round(r["retention"] * 32 * 196)
+    assert set(got["band"]) == {"0.1", "0.25"}
+    bad = cli("compare", "--videos", "nope", timeout=120)
+    assert bad.returncode == 2 and "nope" in bad.stderr
+    bad = cli("compare", "--videos", "needle", "--seeds", "1", timeout=120)
+    assert bad.returncode == 2 and "seeds" in bad.stderr
 
 
 def test_bench_rows_compare_every_peer_on_the_same_inputs():
