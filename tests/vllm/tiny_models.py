@@ -1,0 +1,136 @@
+"""Tiny, randomly initialised Qwen2.5-VL and LLaVA-OneVision checkpoints written to a folder
+(config, safetensors weights, a word-level tokenizer and the processors), built locally with
+transformers: no downloads. Language models: 2 layers, 2 heads of 64 (vLLM's CPU attention
+kernels take head sizes 32, 64, 128, ...). vLLM loads them like any HF checkpoint.
+
+Shapes (what the tests and benchmarks/bench_vllm.py rely on):
+- Qwen2.5-VL: 112x112 frames, 14 px patches, 2x2 merge, 2 frames per temporal patch: a video of F
+  frames gives F/2 x 4 x 4 = 8 F tokens (grid_thw = (F/2, 8, 8)).
+- LLaVA-OneVision: 112x112 frames, SigLIP 14 px patches (8x8), pooled 2x2 to 4x4 = 16 tokens per
+  frame, plus one newline token per video.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import List
+
+import numpy as np
+import torch
+
+SIZE = 112  # frame side in pixels
+WORDS = [f"w{i}" for i in range(200)]  # plain text vocabulary: "w0 w1 ..."
+
+QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
+                "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+LLAVA_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
+
+
+def _tokenizer(special: List[str], path: str):
+    """A word-level fast tokenizer: special tokens first, then WORDS; whitespace pre-split."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(special + WORDS + ["<unk>"])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(special)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token=special[0],
+                                   pad_token=special[0])
+    fast.save_pretrained(path)
+    return fast, vocab
+
+
+def _vocab_size(vocab) -> int:
+    return 64 * (-(-len(vocab) // 64))  # round up: embedding rows for every token id
+
+
+def write_qwen2_5_vl(path: str, seed: int = 0) -> str:
+    """A tiny Qwen2.5-VL checkpoint in `path` (created); returns path."""
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
+                              Qwen2_5_VLProcessor, Qwen2VLImageProcessor)
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    os.makedirs(path, exist_ok=True)
+    tok, vocab = _tokenizer(QWEN_SPECIAL, path)
+    torch.manual_seed(seed)
+    cfg = Qwen2_5_VLConfig(
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
+                           out_hidden_size=128, patch_size=14, temporal_patch_size=2,
+                           spatial_merge_size=2, window_size=56, fullatt_block_indexes=[1],
+                           tokens_per_second=2, in_channels=3),
+        text_config=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, intermediate_size=256,
+                         vocab_size=_vocab_size(vocab), max_position_embeddings=4096,
+                         bos_token_id=vocab["<|endoftext|>"], eos_token_id=vocab["<|im_end|>"],
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                          "mrope_section": [16, 8, 8]}),
+        video_token_id=vocab["<|video_pad|>"], image_token_id=vocab["<|image_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"],
+        vision_end_token_id=vocab["<|vision_end|>"], torch_dtype="float32")
+    Qwen2_5_VLForConditionalGeneration(cfg).save_pretrained(path)
+    # Frames stay 112x112 (min = max pixels): 8x8 patches per frame.
+    pixels = dict(shortest_edge=SIZE * SIZE, longest_edge=SIZE * SIZE)
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=pixels, patch_size=14, merge_size=2,
+                                              temporal_patch_size=2),
+        video_processor=Qwen2VLVideoProcessor(size=pixels, patch_size=14, merge_size=2,
+                                              temporal_patch_size=2, do_sample_frames=False),
+        tokenizer=tok, chat_template=None)
+    processor.save_pretrained(path)
+    return path
+
+
+def write_llava_onevision(path: str, seed: int = 0) -> str:
+    """A tiny LLaVA-OneVision checkpoint in `path` (created); returns path."""
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
+                              LlavaOnevisionImageProcessor, LlavaOnevisionProcessor,
+                              LlavaOnevisionVideoProcessor, Qwen2Config, SiglipVisionConfig)
+
+    os.makedirs(path, exist_ok=True)
+    tok, vocab = _tokenizer(LLAVA_SPECIAL, path)
+    torch.manual_seed(seed)
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=2, image_size=SIZE, patch_size=14)
+    text = Qwen2Config(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=1,
+                       vocab_size=_vocab_size(vocab), max_position_embeddings=4096,
+                       eos_token_id=vocab["<|im_end|>"])
+    cfg = LlavaOnevisionConfig(vision_config=vision, text_config=text,
+                               video_token_id=vocab["<video>"], image_token_id=vocab["<image>"],
+                               vision_feature_layer=-1, vision_feature_select_strategy="full",
+                               image_grid_pinpoints=[[SIZE, SIZE]], torch_dtype="float32")
+    LlavaOnevisionForConditionalGeneration(cfg).save_pretrained(path)
+    size = {"height": SIZE, "width": SIZE}
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=[[SIZE, SIZE]]),
+        video_processor=LlavaOnevisionVideoProcessor(size=size, do_sample_frames=False),
+        tokenizer=tok, num_image_tokens=(SIZE // 14) ** 2, vision_feature_select_strategy="full",
+        chat_template=None)
+    processor.save_pretrained(path)
+    return path
+
+
+def random_video(frames: int, seed: int) -> np.ndarray:
+    """[F, 112, 112, 3] uint8 frames: a smooth random pattern drifting over time (frames differ,
+    neighbours look alike)."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, size=(frames + 8, SIZE // 8, SIZE // 8, 3)).astype(np.float32)
+    kernel = np.ones(8) / 8  # a moving average over time: consecutive frames share content
+    smooth = np.apply_along_axis(lambda x: np.convolve(x, kernel, mode="valid"), 0, base)[:frames]
+    return np.repeat(np.repeat(smooth, 8, axis=1), 8, axis=2).astype(np.uint8)
+
+
+def video_metadata(frames: int, fps: float = 2.0) -> dict:
+    """What vLLM's Qwen2.5-VL parser needs next to decoded frames."""
+    return dict(total_num_frames=frames, fps=fps, duration=frames / fps, video_backend="numpy",
+                frames_indices=list(range(frames)), do_sample_frames=False)
+
+
+if __name__ == "__main__":  # python tests/vllm/tiny_models.py DIR: write both for inspection
+    import sys
+
+    out = sys.argv[1]
+    write_qwen2_5_vl(os.path.join(out, "qwen2_5_vl"))
+    write_llava_onevision(os.path.join(out, "llava_onevision"))
+    print(json.dumps(sorted(os.listdir(out))))
