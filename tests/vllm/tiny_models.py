@@ -101,6 +101,7 @@ def write_llava_onevision(path: str, seed: int = 0) -> str:
                                vision_feature_layer=-1, vision_feature_select_strategy="full",
                                image_grid_pinpoints=[[SIZE, SIZE]], torch_dtype="float32")
     LlavaOnevisionForConditionalGeneration(cfg).save_pretrained(path)
+    _llava_hf_names(os.path.join(path, "model.safetensors"))
     size = {"height": SIZE, "width": SIZE}
     processor = LlavaOnevisionProcessor(
         image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=[[SIZE, SIZE]]),
@@ -109,6 +110,23 @@ def write_llava_onevision(path: str, seed: int = 0) -> str:
         chat_template=None)
     processor.save_pretrained(path)
     return path
+
+
+def _llava_hf_names(file: str) -> None:
+    """Rename the SigLIP tower's weights as the published llava-hf checkpoints name them
+    (vision_tower.vision_model.*; transformers 5.19 saves vision_tower.*, which vLLM's loader
+    does not map) and drop its pooling head (unused by LLaVA, absent from those checkpoints)."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(file)
+    renamed = {}
+    for key, value in weights.items():
+        if key.startswith("vision_tower.head."):
+            continue
+        if key.startswith("vision_tower.") and not key.startswith("vision_tower.vision_model."):
+            key = "vision_tower.vision_model." + key[len("vision_tower."):]
+        renamed[key] = value
+    save_file(renamed, file, metadata={"format": "pt"})
 
 
 def random_video(frames: int, seed: int) -> np.ndarray:
