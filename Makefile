@@ -101,3 +101,7 @@ $(VLLM_READY): pyproject.toml tests/vllm_serving/torchvision_cpu_shim.py
 
 test-vllm: $(VLLM_READY)
 	OMP_NUM_THREADS=2 $(VLLM_PY) -m pytest tests/vllm_serving -q -p no:cacheprovider
+
+# Prefill throughput and TTFT with and without the reduction (tiny Qwen2.5-VL on vLLM's CPU build).
+bench-vllm: $(VLLM_READY)
+	OMP_NUM_THREADS=2 $(VLLM_PY) benchmarks/bench_vllm.py --json bench_vllm.json

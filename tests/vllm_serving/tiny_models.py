@@ -45,8 +45,9 @@ def _vocab_size(vocab) -> int:
     return 64 * (-(-len(vocab) // 64))  # round up: embedding rows for every token id
 
 
-def write_qwen2_5_vl(path: str, seed: int = 0) -> str:
-    """A tiny Qwen2.5-VL checkpoint in `path` (created); returns path."""
+def write_qwen2_5_vl(path: str, seed: int = 0, size: int = SIZE) -> str:
+    """A tiny Qwen2.5-VL checkpoint in `path` (created) whose processor keeps frames at
+    size x size pixels (a multiple of 28); returns path."""
     from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
                               Qwen2_5_VLProcessor, Qwen2VLImageProcessor)
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
@@ -69,8 +70,8 @@ def write_qwen2_5_vl(path: str, seed: int = 0) -> str:
         vision_start_token_id=vocab["<|vision_start|>"],
         vision_end_token_id=vocab["<|vision_end|>"], torch_dtype="float32")
     Qwen2_5_VLForConditionalGeneration(cfg).save_pretrained(path)
-    # Frames stay 112x112 (min = max pixels): 8x8 patches per frame.
-    pixels = dict(shortest_edge=SIZE * SIZE, longest_edge=SIZE * SIZE)
+    # Frames stay size x size (min = max pixels): (size / 14)^2 patches per frame.
+    pixels = dict(shortest_edge=size * size, longest_edge=size * size)
     processor = Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(size=pixels, patch_size=14, merge_size=2,
                                               temporal_patch_size=2),
@@ -129,11 +130,11 @@ def _llava_hf_names(file: str) -> None:
     save_file(renamed, file, metadata={"format": "pt"})
 
 
-def random_video(frames: int, seed: int) -> np.ndarray:
-    """[F, 112, 112, 3] uint8 frames: a smooth random pattern drifting over time (frames differ,
-    neighbours look alike)."""
+def random_video(frames: int, seed: int, size: int = SIZE) -> np.ndarray:
+    """[F, size, size, 3] uint8 frames (size a multiple of 8): a smooth random pattern drifting
+    over time (frames differ, neighbours look alike)."""
     rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, size=(frames + 8, SIZE // 8, SIZE // 8, 3)).astype(np.float32)
+    base = rng.integers(0, 256, size=(frames + 8, size // 8, size // 8, 3)).astype(np.float32)
     kernel = np.ones(8) / 8  # a moving average over time: consecutive frames share content
     smooth = np.apply_along_axis(lambda x: np.convolve(x, kernel, mode="valid"), 0, base)[:frames]
     return np.repeat(np.repeat(smooth, 8, axis=1), 8, axis=2).astype(np.uint8)
