@@ -99,6 +99,23 @@ def test_environment_errors(clean_env):
         plugin.settings_from(Cfg())
 
 
+def test_the_per_video_reduction_never_waits_for_the_device():
+    """What the models run per video (scores + AOT with the plugin's settings) on fake CUDA
+    tensors, where any data-dependent op raises (tests/test_sync_free.py's harness): Qwen2.5-VL-7B
+    at 448 px (16 x 256 tokens) and LLaVA-OneVision-7B (32 x 196), 10%."""
+    from test_sync_free import fake_cuda, fake_video
+
+    from aot_kernels.integrations.vllm.models import reduce_video
+
+    reducer = plugin.Settings("aot", 0.10).build()
+    for frames, n, grid in ((16, 256, (16, 16)), (32, 196, None)):
+        with fake_cuda():
+            feats, _, _ = fake_video(frames, n)
+            out = reduce_video(reducer, feats, grid)
+            assert out.tokens.shape == (round(0.10 * frames * n), feats.shape[-1])
+            assert out.tokens.device.type == "cuda" and out.positions.device.type == "cuda"
+
+
 # ---- serving --------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

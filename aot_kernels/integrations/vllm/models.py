@@ -20,6 +20,7 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.parse import VideoProcessorItems
 from vllm.multimodal.processing import PromptReplacement
 from vllm.multimodal.video_prune.evs import compute_mrope_for_media
+from vllm.utils.torch_utils import async_tensor_h2d
 
 from ...demo import self_attention_scores
 from . import Settings, settings_from
@@ -120,10 +121,11 @@ class AOTQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         for emb, (t, h, w), sec in zip(video_embeds_split, grids, seconds):
             grid = (h // merge, w // merge)
             reduced = reduce_video(self.aot_reducer, emb.view(t, grid[0] * grid[1], -1), grid)
-            # [t h w, 4] positions of the unreduced video, built on the host from the shape.
-            table = compute_mrope_for_media((t, h, w), merge, tokens_per_second=per_second,
-                                            video_second_per_grid=sec)
-            table = table.to(emb.device, non_blocking=True)
+            # [t h w, 4] positions of the unreduced video, built on the host from the shape and
+            # copied without waiting (pinned staging), as vLLM's EVS does.
+            table = async_tensor_h2d(
+                compute_mrope_for_media((t, h, w), merge, tokens_per_second=per_second,
+                                        video_second_per_grid=sec), emb.device)
             kept = table.index_select(0, reduced.positions)
             out.append(torch.cat([reduced.tokens, kept.to(reduced.tokens.dtype)], dim=1))
         return tuple(out)
