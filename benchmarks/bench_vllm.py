@@ -83,6 +83,40 @@ def run_mode(path, reduction, concurrencies, frames, size, repeats, max_len, dev
     return rows, grid_tokens
 
 
+# The 7B models' video embeddings at 32 frames: Qwen2.5-VL at 448 px (16 temporal patches of
+# 16 x 16 merged tokens) and LLaVA-OneVision (32 frames of 14 x 14 pooled tokens), width 3584.
+COST_SHAPES = {"qwen2.5-vl-7b": (16, 256, (16, 16)), "llava-onevision-7b": (32, 196, None)}
+
+
+def reduction_cost(reducer_name, retention, repeats, dim=3584, dtype="float32"):
+    """Milliseconds per video of what the plugin adds to the model's forward (scores + reducer),
+    median of `repeats` after a warm-up, on random embeddings of the 7B shapes (CPU here; the
+    CUDA device when there is one, synchronised around each call for the timing only)."""
+    import torch
+
+    from aot_kernels.integrations.vllm import Settings
+    from aot_kernels.integrations.vllm.models import reduce_video
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    reducer = Settings(reducer_name, retention).build()
+    out = {}
+    for name, (frames, n, grid) in COST_SHAPES.items():
+        feats = torch.randn(frames, n, dim, dtype=getattr(torch, dtype), device=device)
+        times = []
+        for i in range(repeats + 1):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            kept = reduce_video(reducer, feats, grid)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if i:
+                times.append(1e3 * (time.perf_counter() - start))
+        out[name] = dict(shape=[frames, n, dim], kept=len(kept), device=device, dtype=dtype,
+                         ms=statistics.median(times))
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="a Qwen2.5-VL checkpoint (default: the tiny random one)")
@@ -96,6 +130,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device-defaults", action="store_true",
                     help="keep vLLM's memory defaults (a GPU); otherwise a small CPU KV cache")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--no-cost", action="store_true", help="skip the per-video reduction cost")
     args = ap.parse_args(argv)
     for name in ("frames", "size", "repeats", "max_model_len"):
         if getattr(args, name) < 1:
@@ -130,6 +165,10 @@ def main(argv=None) -> int:
                 machine=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
                 commit=commit, repeats=args.repeats)
     print(json.dumps(meta))
+    cost = {} if args.no_cost else reduction_cost(args.reducer, args.retention, args.repeats)
+    for name, c in cost.items():
+        print(f"reduction cost per video, {name} {c['shape']} {c['dtype']} on {c['device']}: "
+              f"{c['ms']:.1f} ms ({c['kept']} tokens kept)")
     print("| mode | concurrency | prompt tokens | TTFT ms | batch wall ms | prefill video tok/s | req/s |")
     print("|---|---|---|---|---|---|---|")
     for mode, rows in results.items():
@@ -138,7 +177,7 @@ def main(argv=None) -> int:
                   f"{r['wall_ms']:.1f} | {r['prefill_video_tok_s']:.0f} | {r['requests_s']:.2f} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(meta=meta, results=results), f, indent=1)
+            json.dump(dict(meta=meta, results=results, reduction_cost=cost), f, indent=1)
     return 0
 
 
