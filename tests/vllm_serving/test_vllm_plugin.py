@@ -36,6 +36,12 @@ def test_entry_point_registers_the_plugin():
     assert len(found) == 1 and found[0].load() is plugin.register
 
 
+def test_version_range():
+    assert plugin._version_ok(vllm.__version__)  # what CI installs is the tested range
+    assert plugin._version_ok("0.32.5") and not plugin._version_ok("0.33.0")
+    assert not plugin._version_ok("1.32.0")
+
+
 # ---- configuration ------------------------------------------------------------------------------
 
 class Cfg:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
@@ -137,11 +138,21 @@ def settings_from(hf_config) -> Optional[Settings]:
 def register() -> None:
     """vLLM's entry point: our subclasses under vLLM's architecture names (lazily imported, so
     loading the plugin imports no model code)."""
+    import vllm
     from vllm import ModelRegistry
 
+    if not _version_ok(vllm.__version__):
+        warnings.warn(f"aot_kernels' vLLM plugin is tested with vLLM {TESTED_VLLM}, not "
+                      f"{vllm.__version__}: it subclasses vLLM's Qwen2.5-VL and LLaVA-OneVision "
+                      "and may not match other versions", UserWarning, stacklevel=2)
     for arch, cls in ARCHITECTURES.items():
         ModelRegistry.register_model(arch, f"{__name__}.models:{cls}")
     _cpu_runner_pruning_flag()
+
+
+def _version_ok(version: str) -> bool:
+    major, minor = (int(p) for p in version.split(".")[:2])
+    return (major, minor) == (0, 32)
 
 
 def _cpu_runner_pruning_flag() -> None:
