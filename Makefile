@@ -104,4 +104,4 @@ test-vllm: $(VLLM_READY)
 
 # Prefill throughput and TTFT with and without the reduction (tiny Qwen2.5-VL on vLLM's CPU build).
 bench-vllm: $(VLLM_READY)
-	OMP_NUM_THREADS=2 $(VLLM_PY) benchmarks/bench_vllm.py --json bench_vllm.json
+	OMP_NUM_THREADS=1 $(VLLM_PY) benchmarks/bench_vllm.py --json bench_vllm.json

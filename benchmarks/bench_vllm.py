@@ -1,7 +1,7 @@
 """Prefill throughput and time to first token of vLLM serving video requests, with and without
 the aot_kernels plugin's reduction, at several concurrencies.
 
-    make bench-vllm            # or: .venv-vllm/bin/python benchmarks/bench_vllm.py --json bench_vllm.json
+    make bench-vllm   # or: .venv-vllm/bin/python benchmarks/bench_vllm.py --json bench_vllm.json
 
 Default: a tiny random Qwen2.5-VL written to a temporary folder (tests/vllm_serving/tiny_models.py; 2
 vision blocks of width 32, a 2-layer language model of width 128), on vLLM's CPU build, engine in
@@ -27,11 +27,16 @@ import tempfile
 import time
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+# vLLM's CPU worker pins its OpenMP threads to cores; on a shared 2-core machine a pinned thread
+# that loses its core stalls every barrier, and we saw the same batch take 0.05 s or 8 s. Unpinned
+# (and OMP_NUM_THREADS=1 in `make bench-vllm`) the timings repeat. Set it to "auto" to pin.
+os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "vllm_serving"))
 
 
-def run_mode(path, reduction, concurrencies, frames, size, repeats, max_len, device_defaults):
+def run_mode(path, reduction, concurrencies, frames, size, repeats, max_len, device_defaults,
+             dtype):
     import gc
 
     from vllm import LLM, SamplingParams
@@ -42,7 +47,7 @@ def run_mode(path, reduction, concurrencies, frames, size, repeats, max_len, dev
     kwargs = {} if reduction is None else {"hf_overrides": {"aot_kernels": reduction}}
     if not device_defaults:
         kwargs.update(gpu_memory_utilization=0.1, kv_cache_memory_bytes=1 << 28)
-    llm = LLM(model=path, enforce_eager=True, max_model_len=max_len, seed=0,
+    llm = LLM(model=path, enforce_eager=True, max_model_len=max_len, seed=0, dtype=dtype,
               limit_mm_per_prompt={"video": 1, "image": 0}, max_num_seqs=max(concurrencies),
               max_num_batched_tokens=max(concurrencies) * max_len, disable_log_stats=False,
               **kwargs)
@@ -129,8 +134,15 @@ def main(argv=None) -> int:
     ap.add_argument("--max-model-len", type=int, default=4096)
     ap.add_argument("--device-defaults", action="store_true",
                     help="keep vLLM's memory defaults (a GPU); otherwise a small CPU KV cache")
+    ap.add_argument("--dtype", default="float32",
+                    help="model dtype (float32 on CPU: bfloat16 without AVX512-BF16 is emulated)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--no-cost", action="store_true", help="skip the per-video reduction cost")
+    ap.add_argument("--glibc-defaults", action="store_true",
+                    help="keep glibc's allocator settings (default: freed memory kept, as with "
+                         "the tcmalloc vLLM recommends on CPU; glibc's mmap per large block makes "
+                         "CPU timings depend on allocation history: we saw the same encoder call "
+                         "take 0.08 s or 4 s)")
     args = ap.parse_args(argv)
     for name in ("frames", "size", "repeats", "max_model_len"):
         if getattr(args, name) < 1:
@@ -140,8 +152,10 @@ def main(argv=None) -> int:
     if any(c < 1 for c in args.concurrency):
         raise SystemExit("--concurrency values must be >= 1")
 
+    from aot_kernels.bench import steady_allocator
     from aot_kernels.integrations.vllm import register
 
+    steady = False if args.glibc_defaults else steady_allocator()
     register()
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model
@@ -154,16 +168,16 @@ def main(argv=None) -> int:
         for mode, red in (("full", None), (f"{args.reducer}@{args.retention}", reduction)):
             results[mode], video_tokens = run_mode(path, red, args.concurrency, args.frames,
                                                    args.size, args.repeats, args.max_model_len,
-                                                   args.device_defaults)
+                                                   args.device_defaults, args.dtype)
     import torch
     import vllm
 
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     meta = dict(model=args.model or "tiny random Qwen2.5-VL", frames=args.frames, size=args.size,
-                video_tokens=video_tokens, vllm=vllm.__version__, torch=torch.__version__,
+                video_tokens=video_tokens, dtype=args.dtype, vllm=vllm.__version__, torch=torch.__version__,
                 machine=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
-                commit=commit, repeats=args.repeats)
+                commit=commit, repeats=args.repeats, allocator="steady" if steady else "glibc")
     print(json.dumps(meta))
     cost = {} if args.no_cost else reduction_cost(args.reducer, args.retention, args.repeats)
     for name, c in cost.items():
