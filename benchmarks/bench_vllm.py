@@ -3,8 +3,8 @@ the aot_kernels plugin's reduction, at several concurrencies.
 
     make bench-vllm   # or: .venv-vllm/bin/python benchmarks/bench_vllm.py --json bench_vllm.json
 
-Default: a tiny random Qwen2.5-VL written to a temporary folder (tests/vllm_serving/tiny_models.py; 2
-vision blocks of width 32, a 2-layer language model of width 128), on vLLM's CPU build, engine in
+Default: a tiny random Qwen2.5-VL written to a temporary folder (tests/vllm_serving/tiny_models.py;
+2 vision blocks of width 32, a 2-layer language model of width 128), on vLLM's CPU build, engine in
 this process. --model PATH serves a real checkpoint instead (e.g. Qwen/Qwen2.5-VL-7B-Instruct on a
 GPU; then pass --device-defaults to keep vLLM's own memory settings).
 
@@ -79,8 +79,8 @@ def run_mode(path, reduction, concurrencies, frames, size, repeats, max_len, dev
         video_tokens = (frames // 2) * (size // 28) ** 2  # unreduced: F/2 x (size/28)^2
         grid_tokens = video_tokens
         wall = statistics.median(walls)
-        rows.append(dict(concurrency=c, prompt_tokens=prompt_len, ttft_ms=1e3 * statistics.median(ttft),
-                         wall_ms=1e3 * wall, prefill_video_tok_s=c * video_tokens / wall,
+        rows.append(dict(concurrency=c, prompt_tokens=prompt_len,
+                         ttft_ms=1e3 * statistics.median(ttft), wall_ms=1e3 * wall, prefill_video_tok_s=c * video_tokens / wall,
                          requests_s=c / wall))
     del llm
     gc.collect()
@@ -183,15 +183,17 @@ def main(argv=None) -> int:
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     meta = dict(model=args.model or "tiny random Qwen2.5-VL", frames=args.frames, size=args.size,
-                video_tokens=video_tokens, dtype=args.dtype, vllm=vllm.__version__, torch=torch.__version__,
+                video_tokens=video_tokens, dtype=args.dtype, vllm=vllm.__version__,
+                torch=torch.__version__,
                 machine=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
                 commit=commit, repeats=args.repeats, allocator="steady" if steady else "glibc")
     print(json.dumps(meta))
     for name, c in cost.items():
         print(f"reduction cost per video, {name} {c['shape']} {c['dtype']} on {c['device']}: "
-              f"{c['ms']:.1f} ms, of which scores {c['scores_ms']:.1f} ms ({c['kept']} tokens kept, "
-              f"{c['threads']} threads)")
-    print("| mode | concurrency | prompt tokens | TTFT ms | batch wall ms | prefill video tok/s | req/s |")
+              f"{c['ms']:.1f} ms, of which scores {c['scores_ms']:.1f} ms "
+              f"({c['kept']} tokens kept, {c['threads']} threads)")
+    print("| mode | concurrency | prompt tokens | TTFT ms | batch wall ms | prefill video tok/s "
+          "| req/s |")
     print("|---|---|---|---|---|---|---|")
     for mode, rows in results.items():
         for r in rows:

