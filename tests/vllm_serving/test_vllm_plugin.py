@@ -172,9 +172,10 @@ class Recorder:
         setattr(model, name, wrapped)
 
 
-def serve(path, prompts, *, aot=None, use_stock=False):
+def serve(path, prompts, *, aot=None, use_stock=False, **engine):
     """Generate 3 greedy tokens (with logprobs) for each prompt; returns (outputs, recorder,
-    hf_config). aot: the hf_overrides entry, or None."""
+    hf_config, model class name). aot: the hf_overrides entry, or None; engine: more LLM
+    arguments."""
     from vllm import LLM, SamplingParams
     from vllm.distributed import cleanup_dist_env_and_memory
 
@@ -182,7 +183,7 @@ def serve(path, prompts, *, aot=None, use_stock=False):
     kwargs = {} if aot is None else {"hf_overrides": {plugin.KEY: aot}}
     llm = LLM(model=path, enforce_eager=True, max_model_len=1024, dtype="float32", seed=0,
               limit_mm_per_prompt={"video": 1, "image": 0}, max_num_seqs=4,
-              gpu_memory_utilization=0.1, kv_cache_memory_bytes=1 << 26, **kwargs)
+              gpu_memory_utilization=0.1, kv_cache_memory_bytes=1 << 26, **kwargs, **engine)
     rec = Recorder()
 
     def install(model):
@@ -224,7 +225,10 @@ def qwen_runs(checkpoints):
     return {"stock": serve(checkpoints["qwen-stock"], qwen_prompts(), use_stock=True),
             "plain": serve(checkpoints["qwen"], qwen_prompts()),
             "aot": serve(checkpoints["qwen"], qwen_prompts(), aot=aot),
-            "aot_alone": [serve(checkpoints["qwen"], [p], aot=aot) for p in qwen_prompts()]}
+            "aot_alone": [serve(checkpoints["qwen"], [p], aot=aot) for p in qwen_prompts()],
+            # 8 tokens a step: each video's reduced tokens reach the model in several chunks.
+            "aot_chunked": serve(checkpoints["qwen"], qwen_prompts(), aot=aot,
+                                 max_num_batched_tokens=8)}
 
 
 def test_qwen_plugin_unconfigured_is_vllm(qwen_runs):
@@ -292,6 +296,19 @@ def test_qwen_two_videos_batched_equal_each_alone(qwen_runs):
             for _, _, o in run[1].calls["_postprocess_video_embeds_evs"]]
     for a, b in zip(first, solo):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_qwen_chunked_prefill_gives_the_same_tokens(qwen_runs):
+    """vLLM's chunked prefill splits the reduced video over steps; vLLM's position rewrite
+    handles partial videos, so the answers do not change."""
+    whole = tokens_and_logprobs(qwen_runs["aot"][0])
+    chunked = tokens_and_logprobs(qwen_runs["aot_chunked"][0])
+    for (ids_w, toks_w, lp_w), (ids_c, toks_c, lp_c) in zip(whole, chunked):
+        assert ids_w == ids_c and toks_w == toks_c
+        torch.testing.assert_close(torch.tensor(lp_w), torch.tensor(lp_c), rtol=1e-4, atol=1e-4)
+    steps = [c for c in qwen_runs["aot_chunked"][1].calls["recompute_mrope_positions"]
+             if len(c[1]["multimodal_embeddings"])]
+    assert len(steps) > len(QWEN_FRAMES)  # the videos did arrive in pieces
 
 
 # ---- LLaVA-OneVision -----------------------------------------------------------------------------
