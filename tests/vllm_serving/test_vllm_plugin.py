@@ -181,8 +181,9 @@ def serve(path, prompts, *, aot=None, use_stock=False, **engine):
 
     stock_classes(use_stock)
     kwargs = {} if aot is None else {"hf_overrides": {plugin.KEY: aot}}
+    engine.setdefault("limit_mm_per_prompt", {"video": 1, "image": 0})
     llm = LLM(model=path, enforce_eager=True, max_model_len=1024, dtype="float32", seed=0,
-              limit_mm_per_prompt={"video": 1, "image": 0}, max_num_seqs=4,
+              max_num_seqs=4,
               gpu_memory_utilization=0.1, kv_cache_memory_bytes=1 << 26, **kwargs, **engine)
     rec = Recorder()
 
@@ -309,6 +310,32 @@ def test_qwen_chunked_prefill_gives_the_same_tokens(qwen_runs):
     steps = [c for c in qwen_runs["aot_chunked"][1].calls["recompute_mrope_positions"]
              if len(c[1]["multimodal_embeddings"])]
     assert len(steps) > len(QWEN_FRAMES)  # the videos did arrive in pieces
+
+
+def test_qwen_image_and_video_in_one_prompt(checkpoints):
+    """Images are not reduced; with the pruning path on, vLLM places them by the positions the
+    model appends (vLLM's own code), and the video after them by the kept tokens'."""
+    from PIL import Image
+
+    prompt = {"prompt": "w1 <|vision_start|><|image_pad|><|vision_end|> w2 " + QWEN_PROMPT,
+              "multi_modal_data": {"image": Image.fromarray(random_video(1, 9)[0]),
+                                   "video": (random_video(8, 1), video_metadata(8))}}
+    outs, rec, cfg, _ = serve(checkpoints["qwen"], [prompt],
+                              aot={"reducer": "aot", "retention": RETENTION},
+                              limit_mm_per_prompt={"video": 1, "image": 1})
+    ids = list(outs[0].prompt_token_ids)
+    assert ids.count(cfg.image_token_id) == QWEN_N  # 112 px image: 4 x 4 merged tokens
+    assert ids.count(cfg.video_token_id) == round(RETENTION * 4 * QWEN_N)
+    (_, kwargs, (_, positions, _)), = [c for c in rec.calls["recompute_mrope_positions"]
+                                       if len(c[1]["multimodal_embeddings"])]
+    starts = [i for i, t in enumerate(ids) if t == cfg.vision_start_token_id]
+    for start, mm in zip(starts, kwargs["multimodal_embeddings"]):
+        kept = mm[:, -4:-1].long().T
+        base = positions[:, start].max() + 1
+        assert torch.equal(positions[:, start + 1:start + 1 + kept.shape[1]], kept + base)
+    image = kwargs["multimodal_embeddings"][0][:, -4:-1].long()
+    assert torch.equal(image[:, 1:], torch.stack(torch.meshgrid(torch.arange(4), torch.arange(4),
+                                                                indexing="ij"), -1).reshape(-1, 2))
 
 
 # ---- LLaVA-OneVision -----------------------------------------------------------------------------
