@@ -338,6 +338,21 @@ def test_qwen_image_and_video_in_one_prompt(checkpoints):
                                                                 indexing="ij"), -1).reshape(-1, 2))
 
 
+def test_reduction_and_evs_together_are_refused(checkpoints):
+    with pytest.raises(Exception) as info:
+        serve(checkpoints["qwen"], qwen_prompts()[:1], aot={"retention": RETENTION},
+              video_pruning_rate=0.5)
+    chain, e = [], info.value
+    while e is not None:  # vLLM may wrap the model's error
+        chain.append(str(e))
+        e = e.__cause__ or e.__context__
+    assert any("video_pruning_rate" in m and "aot_kernels" in m for m in chain), chain
+    from vllm.distributed import cleanup_dist_env_and_memory
+
+    gc.collect()
+    cleanup_dist_env_and_memory()
+
+
 # ---- LLaVA-OneVision -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
