@@ -23,6 +23,9 @@ DEFAULT_CLIP_LEN = 8
 ANCHOR_SHARE = 0.8
 MARGINALS = ("probability", "unit")
 QUOTAS = ("uniform", "adaptive")
+# The paper's OT settings (SPEC §6), which the presets keep; AOTReducer()'s defaults differ
+# (chosen by measurement, benchmarks/FIDELITY.md).
+PAPER_SETTINGS = dict(eps=0.1, max_iter=100, lam_intra=1.0, lam_inter=1.0, quota="uniform")
 SEGMENTATIONS = ("uniform", "dynamic")
 
 
@@ -249,8 +252,13 @@ class AOTReducer:
     anchors (raster order, at the clip's first frame), then its dynamic tokens by (frame,
     position).
 
+    Defaults were chosen by SPEC §9's proxies on the built-in videos (benchmarks/FIDELITY.md):
+    eps=0.02, lam_inter=0 (the clip's anchors are its first frame's tokens; the inter-frame OT
+    picks which later tokens stay dynamic, and folds nothing in), quota="adaptive". The paper's
+    settings (eps 0.1, lam 1, even quotas) are `AOTReducer.preset(model)` or explicit arguments.
+
     Budget. Quota mode (tau=None, default) returns exactly K = round(retention F N) tokens:
-    c clips x M anchors plus K - c M dynamic tokens, spread evenly over the clips' later frames.
+    c clips x M anchors plus K - c M dynamic tokens over the clips' later frames.
     Threshold mode (tau in [0, 1]) keeps every token whose best assignment probability is < tau.
     Defaults adapt to any F, N and retention: clip_len=None starts at 8 frames (the paper's
     setting) and grows until the budget is feasible; num_anchors=None takes
@@ -258,7 +266,8 @@ class AOTReducer:
     ~80% of the budget in anchors; 125 for LLaVA-OneVision's 32 x 196 at 10%, where the paper
     uses 126).
     segmentation="dynamic" cuts clips with FastVID's DySeg on the frames' mean tokens
-    (num_clips, seg_threshold) instead of every clip_len frames. quota="uniform" spreads the
+    (num_clips, seg_threshold) instead of every clip_len frames. quota (None: "adaptive" in
+    quota mode; threshold mode takes none): "uniform" spreads the
     K - c M dynamic slots evenly over the later frames; quota="adaptive" gives `content_share`
     of them by novelty (a frame far from its clip's first frame, e.g. after a scene cut, gets
     more; `adaptive_quotas`), K staying exact and nothing read on the host.
@@ -290,12 +299,12 @@ class AOTReducer:
 
     def __init__(self, retention: float = 0.10, *, num_anchors: Optional[int] = None,
                  clip_len: Optional[int] = None, segmentation: str = "uniform",
-                 eps: float = 0.1, lam_intra: float = 1.0, lam_inter: float = 1.0,
+                 eps: float = 0.02, lam_intra: float = 1.0, lam_inter: float = 0.0,
                  max_iter: int = 100, tol: float = 0.0, tau: Optional[float] = None,
                  marginals: str = "probability", windows: Tuple[int, int] = (2, 2),
                  backend: str = "auto", num_clips: int = DYNAMIC_NUM_CLIPS,
                  seg_threshold: float = DYNAMIC_THRESHOLD, grid: Optional[Tuple[int, int]] = None,
-                 anchor_share: float = ANCHOR_SHARE, quota: str = "uniform",
+                 anchor_share: float = ANCHOR_SHARE, quota: Optional[str] = None,
                  content_share: float = 0.5,
                  profile: bool = False, check_values: bool = True):
         self.retention = check_retention(retention)
@@ -311,10 +320,13 @@ class AOTReducer:
         validate.aggregation(lam_intra, None, None, 1)
         validate.aggregation(lam_inter, tau, None, 1)
         validate.backend(backend)
-        if quota not in QUOTAS:
-            raise ValueError(f"quota must be one of {QUOTAS}, got {quota!r}")
-        if quota == "adaptive" and tau is not None:
-            raise ValueError("quota='adaptive' spreads an exact budget: it needs tau=None")
+        if quota is not None and quota not in QUOTAS:
+            raise ValueError(f"quota must be one of {QUOTAS} (or None), got {quota!r}")
+        if quota is not None and tau is not None:
+            raise ValueError(f"quota={quota!r} spreads an exact budget: it needs tau=None "
+                             f"(threshold mode keeps what tau says)")
+        if quota is None:  # the measured default in quota mode (benchmarks/FIDELITY.md)
+            quota = "adaptive" if tau is None else "uniform"
         share = validate._real(content_share, "content_share")
         if not 0.0 <= share < 1.0:
             raise ValueError(f"content_share must be in [0, 1), got {content_share!r}")
@@ -339,12 +351,13 @@ class AOTReducer:
     def preset(cls, model: str, retention: float = 0.10, **overrides) -> "AOTReducer":
         """The paper's setting (SPEC §6) for `model` at `retention`: its anchors per frame
         (clamped to the model's tokens per frame, with a warning), its grid, eps 0.1, 100
-        iterations, lam 1. Other keyword arguments override."""
+        iterations, lam_intra = lam_inter = 1, even dynamic quotas (not AOTReducer()'s
+        measured defaults). Other keyword arguments override."""
         if model not in PRESETS:
             raise ValueError(f"unknown preset {model!r}; choose from {sorted(PRESETS)}")
         p = PRESETS[model]
         retention = check_retention(retention)
-        config = dict(grid=p.grid)
+        config = dict(grid=p.grid, **PAPER_SETTINGS)
         if p.anchors:
             match = [r for r in p.anchors if abs(r - retention) < 1e-9]
             if not match:

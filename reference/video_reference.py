@@ -69,8 +69,8 @@ def adaptive_quota(frame_tokens, clips, m, slots, share):
 
 
 def reduce_video(features, scores, local_scores, grid, windows, num_anchors, clips, retention=None,
-                 tau=None, eps=0.1, lam_intra=1.0, lam_inter=1.0, max_iter=100, tol=0.0,
-                 marginals="probability", quota_rule="uniform", content_share=0.5,
+                 tau=None, eps=0.02, lam_intra=1.0, lam_inter=0.0, max_iter=100, tol=0.0,
+                 marginals="probability", quota_rule="adaptive", content_share=0.5,
                  track_weights=False):
     """AOT on one video [F,N,D] with M anchors per frame and the given clips.
 

@@ -52,14 +52,14 @@ def test_no_content_share_is_the_uniform_quota(frames, retention, kw):
     kw = dict(kw, content_share=0.0)
     got = AOTReducer(retention, quota="adaptive", **kw)(feats, scores, grid=(4, 4))
     kw.pop("content_share")
-    want = AOTReducer(retention, **kw)(feats, scores, grid=(4, 4))
+    want = AOTReducer(retention, quota="uniform", **kw)(feats, scores, grid=(4, 4))
     for name in ("tokens", "sizes", "positions", "frame_ids", "dynamic"):
         assert torch.equal(getattr(got, name), getattr(want, name)), name
 
 
 def test_a_scene_cut_inside_a_clip_gets_the_dynamic_tokens():
     feats, scores = scene_cut()
-    uniform = AOTReducer(0.3, clip_len=4)(feats, scores, grid=(4, 4))
+    uniform = AOTReducer(0.3, clip_len=4, quota="uniform")(feats, scores, grid=(4, 4))
     adaptive = AOTReducer(0.3, clip_len=4, quota="adaptive", content_share=0.9)(
         feats, scores, grid=(4, 4))
     assert len(adaptive) == len(uniform) == round(0.3 * 16 * 16)

@@ -42,11 +42,11 @@ def weights_of(out, d=D):
     return out.sizes.unsqueeze(1) * share
 
 
-AOT_CASES = [  # (frames, N, grid, reducer kwargs)
-    (6, 16, (4, 4), dict(retention=0.25, clip_len=3)),
+AOT_CASES = [  # (frames, N, grid, reducer kwargs); eps 0.1: 100 iterations make the rows exact
+    (6, 16, (4, 4), dict(retention=0.25, clip_len=3, eps=0.1, lam_inter=1.0)),
     (6, 16, (4, 4), dict(retention=0.25, clip_len=3, marginals="unit", lam_intra=0.5,
                          lam_inter=2.0)),
-    (5, 16, (4, 4), dict(retention=0.3, clip_len=5, tau=0.6)),
+    (5, 16, (4, 4), dict(retention=0.3, clip_len=5, tau=0.6, eps=0.1)),
 ]
 
 
@@ -64,8 +64,9 @@ def test_aot_sizes_are_the_weights_its_folds_give(case, backend):
     out = reducer(feats, scores)
     ref = reduce_video(feats.numpy(), scores.numpy(), None, grid, reducer.windows, plan.anchors,
                        plan.clips, retention=None if reducer.tau is not None else reducer.retention,
-                       tau=reducer.tau, lam_intra=reducer.lam_intra, lam_inter=reducer.lam_inter,
-                       marginals=reducer.marginals, track_weights=True)
+                       tau=reducer.tau, eps=reducer.eps, lam_intra=reducer.lam_intra,
+                       lam_inter=reducer.lam_inter, marginals=reducer.marginals,
+                       quota_rule=reducer.quota, track_weights=True)
     held = torch.from_numpy(ref["weights"])
     assert out.positions.tolist() == ref["positions"].tolist()
     torch.testing.assert_close(out.sizes, held.sum(1), rtol=0, atol=1e-9)
