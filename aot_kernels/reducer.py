@@ -376,11 +376,11 @@ class AOTReducer:
         return cls(retention, **config)
 
     def __repr__(self) -> str:
-        mode = f"tau={self.tau}" if self.tau is not None else "quota"
+        mode = f"tau={self.tau}" if self.tau is not None else f"quota={self.quota!r}"
         return (f"AOTReducer(retention={self.retention}, num_anchors={self.num_anchors}, "
                 f"clip_len={self.clip_len}, segmentation={self.segmentation!r}, {mode}, "
-                f"eps={self.eps}, max_iter={self.max_iter}, marginals={self.marginals!r}, "
-                f"quota={self.quota!r})")
+                f"eps={self.eps}, lam_inter={self.lam_inter}, max_iter={self.max_iter}, "
+                f"marginals={self.marginals!r})")
 
     # ---- budget ------------------------------------------------------------------------------
     def _dynamic_clips(self, video: Video) -> Optional[List[Clip]]:
