@@ -43,7 +43,7 @@ def adaptive_quota(frame_tokens, clips, m, slots, share):
     """Dynamic tokens per frame that follow the content (the reducer's quota='adaptive').
 
     A later frame's novelty: mean over its tokens of 1 - (best cosine to a token of its clip's
-    first frame). Weight (1 - share)/cells + share * novelty / total novelty (uniform if all
+    first frame), both frames taken every ceil(m / 32)-th token. Weight (1 - share)/cells + share * novelty / total novelty (uniform if all
     novelties are 0). The `slots` slots are handed out one at a time to the frame with the
     largest weight / (q + 1/2) among those holding fewer than m (Webster's rule), ties to the
     earliest clip step, then the earliest clip."""
@@ -54,7 +54,8 @@ def adaptive_quota(frame_tokens, clips, m, slots, share):
     novelty = {}
     for _, clip, t in cells:
         s = clips[clip][0]
-        near = (unit(frame_tokens[t]) @ unit(frame_tokens[s]).T).max(axis=1)
+        stride = -(-m // 32)  # every stride-th token of each frame (at most 32)
+        near = (unit(frame_tokens[t][::stride]) @ unit(frame_tokens[s][::stride]).T).max(axis=1)
         novelty[t] = max(float(np.mean(1.0 - near)), 0.0)
     total = sum(novelty.values())
     quota = {t: 0 for _, _, t in cells}
