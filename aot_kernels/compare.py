@@ -216,8 +216,11 @@ def format_table(rows: List[dict], band: Dict[str, Tuple[float, float]],
             return ""
         return f"{r[c]:.4f} {mark(r[c], band[c])}" if c in band else f"{r[c]:.4f}"
 
-    body = [[str(r[key]), f"{r['tokens']:.0f}", f"{r['ms']:.1f}"] + [cell(r, c) for c in columns]
-            for r in rows]
+    def number(r, name, spec):  # n/a: a variant infeasible on every video has no summary
+        return format(r[name], spec) if name in r else "n/a"
+
+    body = [[str(r[key]), number(r, "tokens", ".0f"), number(r, "ms", ".1f")] +
+            [cell(r, c) for c in columns] for r in rows]
     body.append([f"random band ({'min-max over seeds'})", "", ""] +
                 [f"{band[c][0]:.4f}-{band[c][1]:.4f}" if c in band else "" for c in columns])
     if markdown:

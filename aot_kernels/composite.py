@@ -254,9 +254,9 @@ def merged_sizes(sizes: torch.Tensor, mass: torch.Tensor, carried: torch.Tensor,
     Sbar_j = sum_i p_ij S_i / P_j. So a_j' is the weighted mean with per-original weights
     (Sbar_j / S_a) W_a + sum_i lam p_ij (Sbar_j / S_i) W_i (W: each token's weights over the
     originals, summing to its size), of total S_j' = Sbar_j (1 + lam P_j) = Sbar_j + lam
-    sum_i p_ij S_i. Where nothing merged into j (P_j = 0) its size stays.
+    sum_i p_ij S_i. Where nothing merged into j (P_j = 0, or lam = 0: a' = a) its size stays.
     sizes [B,M]: S_a; mass [B,M]: P_j; carried [B,M]: sum_i p_ij S_i -> [B,M]."""
-    merged = mass > 0
+    merged = (mass > 0) & (lam > 0)
     average = carried / torch.where(merged, mass, torch.ones_like(mass))  # no 0/0, even in grads
     return torch.where(merged, average + lam * carried, sizes.to(average.dtype))
 

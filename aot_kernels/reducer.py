@@ -98,7 +98,8 @@ class _Plan:
     anchors: int
     clips: List[Clip]
     budget: Optional[int]  # K in quota mode
-    keep: Optional[List[int]]  # dynamic tokens per frame in quota mode
+    keep: Optional[List[int]]  # even dynamic quotas per frame in quota mode (quota="adaptive"
+    # replaces them on the device; they still check that the budget fits)
 
 
 class _Clips(NamedTuple):
@@ -196,12 +197,13 @@ def adaptive_quotas(frames: torch.Tensor, lengths: torch.Tensor, plans: Sequence
     # Every stride-th token on both sides (at most NOVELTY_TOKENS): the similarity then costs
     # ~1/16 of one inter-frame cost GEMM instead of as much again (a mean, not an exact match).
     stride = -(-m // NOVELTY_TOKENS)
-    unit = torch.nn.functional.normalize(frames[:, :, ::stride].float(), dim=-1, eps=1e-12)
+    cd = torch.float64 if frames.dtype == torch.float64 else torch.float32
+    unit = torch.nn.functional.normalize(frames[:, :, ::stride].to(cd), dim=-1, eps=1e-12)
     near = (unit[:, 1:] @ unit[:, :1].transpose(-1, -2)).amax(-1)  # [C,L-1,ceil(M/stride)]
     steps = torch.arange(length, device=frames.device)
     valid = (steps.unsqueeze(0) < lengths.unsqueeze(1)) & (steps > 0)  # [C,L]
     novelty = torch.cat([near.new_zeros(c, 1), (1 - near).mean(-1).clamp_min(0)], 1) * valid
-    priority = (torch.arange(m, device=frames.device) + 0.5).view(1, 1, m)
+    priority = (torch.arange(m, device=frames.device, dtype=cd) + 0.5).view(1, 1, m)
     counts = torch.zeros(c * length, dtype=torch.long, device=frames.device)
     first = 0
     for p in plans:
@@ -266,7 +268,7 @@ class AOTReducer:
     Threshold mode (tau in [0, 1]) keeps every token whose best assignment probability is < tau.
     Defaults adapt to any F, N and retention: clip_len=None starts at 8 frames (the paper's
     setting) and grows until the budget is feasible; num_anchors=None takes
-    M = floor(anchor_share K / c) clamped to [ceil(K / F), min(N, floor(K / c))] (default 0.8:
+    M = floor(anchor_share K / c) clamped to [ceil(K / F), min(N, floor(K / c))] (None: 0.8,
     ~80% of the budget in anchors; 125 for LLaVA-OneVision's 32 x 196 at 10%, where the paper
     uses 126).
     segmentation="dynamic" cuts clips with FastVID's DySeg on the frames' mean tokens
@@ -308,7 +310,7 @@ class AOTReducer:
                  marginals: str = "probability", windows: Tuple[int, int] = (2, 2),
                  backend: str = "auto", num_clips: int = DYNAMIC_NUM_CLIPS,
                  seg_threshold: float = DYNAMIC_THRESHOLD, grid: Optional[Tuple[int, int]] = None,
-                 anchor_share: float = ANCHOR_SHARE, quota: Optional[str] = None,
+                 anchor_share: Optional[float] = None, quota: Optional[str] = None,
                  content_share: float = 0.5,
                  profile: bool = False, check_values: bool = True):
         self.retention = check_retention(retention)
@@ -335,11 +337,13 @@ class AOTReducer:
         if not 0.0 <= share < 1.0:
             raise ValueError(f"content_share must be in [0, 1), got {content_share!r}")
         self.quota, self.content_share = quota, share
-        self.anchor_share = validate._real(anchor_share, "anchor_share")
-        if not 0.0 < self.anchor_share <= 1.0:
-            raise ValueError(f"anchor_share must be in (0, 1], got {anchor_share!r}")
-        if num_anchors is not None and anchor_share != ANCHOR_SHARE:
+        if num_anchors is not None and anchor_share is not None:
             raise ValueError("give num_anchors or anchor_share, not both")
+        share = ANCHOR_SHARE if anchor_share is None else validate._real(anchor_share,
+                                                                            "anchor_share")
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"anchor_share must be in (0, 1], got {anchor_share!r}")
+        self.anchor_share = share
         self.num_clips = validate.integer(num_clips, "num_clips", 1)
         self.seg_threshold = validate._real(seg_threshold, "seg_threshold")
         self.windows = validate.pair_of_ints(windows, "windows")
@@ -377,6 +381,8 @@ class AOTReducer:
                 anchors = tokens
             config["num_anchors"] = anchors
         config.update(overrides)
+        if config.get("tau") is not None and "quota" not in overrides:
+            config.pop("quota")  # threshold mode: tau decides what stays, no quota rule
         return cls(retention, **config)
 
     def __repr__(self) -> str:

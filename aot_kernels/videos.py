@@ -14,8 +14,8 @@ projected to D, scores = mean self-attention received). `load(name)` returns a `
   1.2 patches, per frame).
 - cuts: four shots (`astronaut`, `coffee`, `chelsea`, `rocket`), each with a slow zoom or pan,
   cut at frames 6, 13 and 23 (none on an 8-frame clip boundary).
-- needle: a slow zoom into `chelsea` with four small checkerboards in saturated colours, one
-  patch each, each in 2-3 frames only (NEEDLES: frames 3-5, 11-12, 17-19, 26-27); `needle`
+- needle: a slow zoom into `chelsea` with four small patterned patches (checker, rows,
+  columns, diagonal) in saturated colours, one patch each, each in 2-3 frames only (NEEDLES: frames 3-5, 11-12, 17-19, 26-27); `needle`
   holds their 10 flat token indices t * 196 + n.
 """
 from __future__ import annotations
@@ -155,7 +155,7 @@ _MAKERS: Dict[str, Tuple[Callable, str]] = {
     "static": (_static_pixels, "chelsea, nearly static (1.5 px drift, 1% noise)"),
     "pan": (_pan_pixels, "fast pan across rocket | coffee (1.2 patches per frame)"),
     "cuts": (_cuts_pixels, "four shots, cuts at frames 6, 13, 23"),
-    "needle": (_needle_pixels, "chelsea with four one-patch checkerboards, 2-3 frames each"),
+    "needle": (_needle_pixels, "chelsea with four one-patch patterns (checker, rows, columns, diagonal), 2-3 frames each"),
 }
 NAMES = tuple(_MAKERS)
 

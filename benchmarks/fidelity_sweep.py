@@ -11,7 +11,8 @@ width (so +2.0 reads "two random-spreads better than the default"). It changes n
 the reading is for whoever chooses them.
 
 Options: eps, lam_intra, lam_inter, marginals, anchor_share, clip_len, segmentation, quota
-('adaptive') and its content_share.
+('uniform': the even split) and content_share. The paper's settings together:
+`--combined eps=0.1 lam_inter=1 quota=uniform`.
 """
 from __future__ import annotations
 
@@ -40,23 +41,22 @@ SHARES = (0.2, 0.4, 0.6, 0.95)  # besides the default 0.8
 def options(retention: float, frames: int = 32, tokens: int = 196, quick: bool = False
             ) -> List[Tuple[str, str, dict]]:
     """(option, label, AOTReducer keywords) for every value swept; the default first."""
-    grid = {
-        "eps": [0.02, 0.05, 0.2, 0.5],
+    grid = {  # around AOTReducer()'s defaults (eps 0.02, lam_inter 0, quota 'adaptive')
+        "eps": [0.01, 0.05, 0.1, 0.2, 0.5],
         "lam_intra": [0.0, 0.5, 2.0, 4.0],
-        "lam_inter": [0.0, 0.5, 2.0, 4.0],
+        "lam_inter": [0.5, 1.0, 2.0, 4.0],
         "marginals": ["unit"],
         "clip_len": [2, 4, 16, 32],
         "segmentation": ["dynamic"],
-        "quota": ["adaptive"],
-        "content_share": [0.25, 0.75, 0.9],  # with quota='adaptive'
+        "quota": ["uniform"],
+        "content_share": [0.25, 0.75, 0.9],
     }
     if quick:
         grid = {k: v[:1] for k, v in grid.items()}
     out = [("default", "AOTReducer()", {})]
     for name, values in grid.items():
-        extra = {"quota": "adaptive"} if name == "content_share" else {}
-        out += [(name, f"{name}={v!r}" if isinstance(v, str) else f"{name}={v:g}",
-                 {name: v, **extra}) for v in values]
+        out += [(name, f"{name}={v!r}" if isinstance(v, str) else f"{name}={v:g}", {name: v})
+                for v in values]
     # anchor share: AOTReducer's own option; a share whose M equals the default's is left out
     default_m = AOTReducer(retention).plan(frames, tokens).anchors
     seen = {default_m}

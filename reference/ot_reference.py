@@ -274,7 +274,7 @@ def clip_aggregate(frames, length=None, sizes=None, anchor_weight=None, eps=0.1,
     Sizes (SPEC §9): Eq. 16 weighs the anchor as one fully folded incoming token, so its history
     counts as one token of the merged tokens' average size. With P_j = sum_i p_ij and
     Sbar_j = sum_i p_ij sizes[l, i] / P_j over the merged tokens i, anchor j's size becomes
-    Sbar_j (1 + lam P_j); where nothing merged into j (P_j = 0) it stays.
+    Sbar_j (1 + lam P_j); where nothing merged into j (P_j = 0, or lam = 0) it stays.
 
     weights [L, M, K] (optional): each token's weights over K original tokens (rows summing to
     its size: token = weights @ originals / size). Tracked through Eq. 16 as the fold weighs
@@ -303,7 +303,7 @@ def clip_aggregate(frames, length=None, sizes=None, anchor_weight=None, eps=0.1,
                     share[i] = r.plan[j, i] / column
                     merged += share[i]
                     carried += share[i] * size[step, i]
-            if merged > 0:
+            if merged > 0 and lam > 0:  # lam = 0 folds nothing in: the anchor stays as it is
                 average = carried / merged
                 if held is not None:
                     held[j] = average / anchor_sizes[j] * held[j] + sum(

@@ -20,7 +20,7 @@ def test_options_are_one_change_each_and_feasible(retention):
     assert len(set(labels)) == len(labels)
     default_m = AOTReducer(retention).plan(32, 196).anchors
     for option, _, config in opts[1:]:
-        assert len(config) == 1 or option == "content_share"  # one option at a time
+        assert len(config) == 1  # one option at a time
         if option == "segmentation":
             continue  # its clips come from the video
         plan = AOTReducer(retention, **config).plan(32, 196)  # feasible: no ValueError

@@ -286,7 +286,8 @@ class _PatchedVideoLLM(lmms):
         # (the caller's, or the patch's shortened one).
         new = out[:, out.shape[1] - len(calls):]
         answers = []
-        for row, length in zip(new, prompt_lengths):
+        # Beam search prefills num_beams copies of each prompt, one sample's beams together.
+        for row, length in zip(new, prompt_lengths[::settings["num_beams"]]):
             text = self.tokenizer.decode(row, skip_special_tokens=True)
             for stop in until:
                 if stop:

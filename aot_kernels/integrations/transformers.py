@@ -23,8 +23,10 @@ raises below, warns above). On every call with
 4. `generate` returns what the unpatched model returns: the caller's own `input_ids` (full length,
    with the caller's padding), then the generated tokens, so `out[:, input_ids.shape[1]:]` is the
    answer; with return_dict_in_generate, `sequences` likewise (scores / logits are per generated
-   token). `max_length` / `min_length` count the caller's prompt. Hidden states, attentions and
-   the returned cache are the language model's, over the shortened prompt.
+   token). `max_length` / `min_length` passed to generate count the caller's prompt (a
+   max_length set only in the model's generation_config counts the shortened one: prefer
+   max_new_tokens). Hidden states, attentions and the returned cache are the language model's,
+   over the shortened prompt.
 
 With an AuthorsAOTReducer (SPEC §8, LLaVA-OneVision / LLaVA-Video), step 1 stops after the
 projector: the reducer gets the un-pooled features [F, 27*27, D] and the scores of layers 5 and

@@ -121,9 +121,9 @@ clip_aggregate_cpu(const at::Tensor& frames, const at::Tensor& lengths, const at
     tokens.baddbmm_(W, Y);  // GEMM 2 of 2
     // Sizes (SPEC §9): Eq. 16 weighs the anchor as one merged token of their average size
     // Sbar_j = carried_j / P_j (P_j = mass_j = sum_i p_ij), so S_j' = Sbar_j (1 + lam P_j);
-    // an anchor nothing merged into (P_j = 0) keeps its size.
+    // an anchor nothing merged into (P_j = 0, or lam = 0: its features stay) keeps its size.
     auto P = mass.to(acc), Q = carried.to(acc);
-    auto merged = P.gt(0);
+    auto merged = lam > 0 ? P.gt(0) : at::zeros_like(P, P.options().dtype(at::kBool));
     auto grown = at::where(merged, Q / at::where(merged, P, at::ones_like(P)) + lam * Q,
                            pick(anchor_sizes));
     if (all) {
