@@ -153,16 +153,29 @@ def run(workdir, args, name):
     return sorted(records, key=lambda r: r["doc_id"]), score
 
 
+def evaluate(workdir, model, model_args, batch_size=1):
+    """`python -m lmms_eval` with one of our models on the tiny task (float32, FRAMES frames),
+    memoised per configuration: the unreduced baseline serves every test that compares to it."""
+    key = (str(workdir), model, model_args, batch_size)
+    if key not in EVALUATED:
+        checkpoint = workdir / ("qwen" if model == "aot_qwen2_5_vl" else "llava")
+        EVALUATED[key] = run(workdir, [
+            "lmms_eval", "--model", model, "--model_args",
+            f"pretrained={checkpoint},{model_args},dtype=float32,max_frames_num={FRAMES}",
+            "--batch_size", str(batch_size)], f"run{len(EVALUATED)}")
+    return EVALUATED[key]
+
+
+EVALUATED = {}
+
+
 def input_tokens(records):
     return [r["token_counts"][0]["input_tokens"] for r in records]
 
 
 def test_llava_onevision_with_and_without_reduction(workdir):
     model = str(workdir / "llava")
-    full, full_score = run(workdir, ["lmms_eval", "--model", "aot_llava_onevision",
-                                     "--model_args", f"pretrained={model},reducer=none,"
-                                     f"dtype=float32,max_frames_num={FRAMES}",
-                                     "--batch_size", "1"], "none")
+    full, full_score = evaluate(workdir, "aot_llava_onevision", "reducer=none")
     # Batches of 2 through the thin wrapper: python -m aot_kernels eval.
     aot, aot_score = run(workdir, ["aot_kernels", "eval", "--model", "aot_llava_onevision",
                                    "--retention", "0.25", "--model_args",
@@ -181,34 +194,21 @@ def test_llava_onevision_with_and_without_reduction(workdir):
 def test_llava_onevision_authors_variant_keeps_a_data_dependent_count(workdir):
     """MVBench's setting (keep ratio 0.3, inter-frame OT) with 16 anchors of the tiny tower's 64
     patches (the 7B's 126 of 729 do not fit)."""
-    model = str(workdir / "llava")
-    full, _ = run(workdir, ["lmms_eval", "--model", "aot_llava_onevision", "--model_args",
-                            f"pretrained={model},reducer=none,dtype=float32,"
-                            f"max_frames_num={FRAMES}"], "authors-none")
-    got, score = run(workdir, ["lmms_eval", "--model", "aot_llava_onevision", "--model_args",
-                               f"pretrained={model},reducer=aot-authors,benchmark=mvbench,anchors=16,"
-                               f"dtype=float32,max_frames_num={FRAMES}",
-                               "--batch_size", "2"], "authors")
+    authors = "reducer=aot-authors,benchmark=mvbench,anchors=16"
+    full, _ = evaluate(workdir, "aot_llava_onevision", "reducer=none")
+    got, score = evaluate(workdir, "aot_llava_onevision", authors, batch_size=2)
     assert 0.0 <= score["accuracy,none"] <= 1.0
     assert all(a < f for a, f in zip(input_tokens(got), input_tokens(full)))
     # Batched (rows re-padded to the longest kept count) = one video at a time.
-    alone, _ = run(workdir, ["lmms_eval", "--model", "aot_llava_onevision", "--model_args",
-                             f"pretrained={model},reducer=aot-authors,benchmark=mvbench,anchors=16,"
-                             f"dtype=float32,max_frames_num={FRAMES}",
-                             "--batch_size", "1"], "authors-alone")
+    alone, _ = evaluate(workdir, "aot_llava_onevision", authors)
     assert input_tokens(alone) == input_tokens(got) and len(set(input_tokens(got))) > 1
     assert [r["filtered_resps"] for r in alone] == [r["filtered_resps"] for r in got]
 
 
 def test_qwen2_5_vl_with_reduction(workdir):
-    model = str(workdir / "qwen")
-    full, _ = run(workdir, ["lmms_eval", "--model", "aot_qwen2_5_vl", "--model_args",
-                            f"pretrained={model},reducer=none,dtype=float32,"
-                            f"max_frames_num={FRAMES}"], "qwen-none")
-    got, score = run(workdir, ["lmms_eval", "--model", "aot_qwen2_5_vl", "--model_args",
-                               f"pretrained={model},reducer=visionzip,retention=0.5,"
-                               f"dtype=float32,max_frames_num={FRAMES}",
-                               "--batch_size", "2"], "qwen-visionzip")
+    full, _ = evaluate(workdir, "aot_qwen2_5_vl", "reducer=none")
+    got, score = evaluate(workdir, "aot_qwen2_5_vl", "reducer=visionzip,retention=0.5",
+                          batch_size=2)
     assert 0.0 <= score["accuracy,none"] <= 1.0
     # 4 frames -> 2 temporal patches of 4x4 merged tokens: 32 video tokens, half kept.
     assert [f - g for f, g in zip(input_tokens(full), input_tokens(got))] == [16] * VIDEOS
