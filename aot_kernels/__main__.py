@@ -15,8 +15,8 @@ def demo(args) -> int:
     from statistics import median
 
     from .demo import demo_video, draw
-    from .flops import cost
-    from .reducer import AOTReducer
+    from .eval.flops import cost
+    from .reducers.aot import AOTReducer
 
     video = demo_video()
     frames, n, d = video.features.shape
@@ -83,7 +83,7 @@ def demo(args) -> int:
     print(proxy_report(video, args.retention, ["aot", "aot-authors", "visionzip", "tome",
                                                "dycoke", "topk", "pool", "random"]))
 
-    from .selection import select_anchors
+    from .reducers.selection import select_anchors
 
     anchors = select_anchors(video.scores, grid=video.grid,
                              num_anchors=st["anchors_per_frame"]).anchors
@@ -127,7 +127,7 @@ def _video_inputs(args):
         scores = _pick(content, args.features, "scores") if has else None
     note = None
     if scores is None:
-        from .demo import self_attention_scores
+        from .reducers.scores import self_attention_scores
 
         flat = features.reshape(-1, *features.shape[-2:])
         scores = self_attention_scores(flat).reshape(features.shape[:-1]).to(features.dtype)
@@ -163,7 +163,7 @@ def reduce_command(args) -> int:
 def compare_command(args) -> int:
     import json
 
-    from . import compare
+    from .eval import compare
 
     try:
         grid = tuple(args.grid) if args.grid else None
@@ -206,7 +206,7 @@ def compare_command(args) -> int:
 
 
 def bench_command(args) -> int:
-    from . import bench as suite
+    from .eval import bench as suite
 
     if not HAS_EXTENSION:
         print(f"the benchmark needs the compiled extension ({EXTENSION_ERROR})", file=sys.stderr)
@@ -222,7 +222,7 @@ def bench_command(args) -> int:
 def flops_command(args) -> int:
     import json
 
-    from .flops import LLM, cost
+    from .eval.flops import LLM, cost
 
     custom = [args.layers, args.hidden, args.ffn]
     llm = None
@@ -286,7 +286,7 @@ def _reducer_names(all_: bool = False):
 
 
 def _video_names():
-    from .videos import NAMES
+    from .eval.videos import NAMES
 
     return NAMES
 

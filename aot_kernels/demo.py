@@ -1,11 +1,9 @@
-"""The embedded demo video: real photographs from scikit-image, turned into visual tokens.
+"""The demo (`python -m aot_kernels demo`): the demo video reduced, its tokens per frame, SPEC
+§9's proxies, and a picture of every frame.
 
-32 frames of 224 x 224: a slow zoom into `astronaut` (frames 0-19), a scene cut, then a slow pan
-across `coffee` (frames 20-31). Each frame is a 14 x 14 grid of 16 x 16 patches (the LLaVA-
-OneVision token grid). Every patch gets a fixed 31-number descriptor, standardised over the video
-and projected to D by a fixed Gaussian matrix (seed 0): the tokens' cosine geometry is that of
-the descriptors. Scores follow SPEC §4's rule for encoders without [CLS]: the mean attention each
-token receives under its frame's own softmax self-attention (softmax(X X^T / sqrt(D))).
+The demo video is the built-in video "demo" (eval/videos.py): 32 frames of 224 x 224, a slow
+zoom into `astronaut` (frames 0-19), a scene cut, then a slow pan across `coffee` (frames
+20-31), through the descriptor tower (eval/encoders.py).
 """
 from __future__ import annotations
 
@@ -15,12 +13,9 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 
-FRAMES = 32
-CUT = 20  # first frame of the second scene; inside the third 8-frame clip on purpose
-SIZE = 224
-PATCH = 16
-GRID = (SIZE // PATCH, SIZE // PATCH)
-DESCRIPTOR = 31  # 3 mean RGB + 3 std RGB + 1 gradient energy + 8 orientations + 16 layout
+from .eval import compare
+from .eval.encoders import GRID, SIZE, encode
+from .eval.videos import CUT, FRAMES, photo_frames
 
 
 @dataclass
@@ -30,76 +25,6 @@ class DemoVideo:
     scores: torch.Tensor  # [F, 196] float32
     grid: Tuple[int, int]
     cut: int
-
-
-def _resize(image: np.ndarray, top: float, left: float, height: float, width: float) -> np.ndarray:
-    from skimage.transform import resize
-
-    crop = image[int(round(top)):int(round(top + height)), int(round(left)):int(round(left + width))]
-    return resize(crop, (SIZE, SIZE, 3), anti_aliasing=True, mode="reflect")
-
-
-def photo_frames(frames: int = FRAMES, cut: int = CUT) -> np.ndarray:
-    """[F, 224, 224, 3] in [0, 1]: a zoom on `astronaut`, then a pan across `coffee`."""
-    from skimage import data, img_as_float
-
-    astronaut, coffee = img_as_float(data.astronaut()), img_as_float(data.coffee())
-    out = []
-    for t in range(frames):
-        if t < cut:  # zoom from the whole 512 x 512 photo to a 320 x 320 window on the face
-            a = t / max(cut - 1, 1)
-            side = 512 - 192 * a
-            out.append(_resize(astronaut, 0 + 20 * a, 60 * a, side, side))
-        else:  # pan a 380 x 380 window from left to right across the 400 x 600 photo
-            a = (t - cut) / max(frames - cut - 1, 1)
-            out.append(_resize(coffee, 10, 220 * a, 380, 380))
-    return np.stack(out)
-
-
-def patch_descriptors(frames: np.ndarray) -> np.ndarray:
-    """[F, 196, 31] per 16 x 16 patch: mean and std of R, G, B; mean gradient magnitude; an
-    8-bin gradient-orientation histogram (magnitude weighted, normalised); the patch's grey
-    levels pooled to 4 x 4, minus their mean (layout)."""
-    f, h, w, _ = frames.shape
-    gh, gw = h // PATCH, w // PATCH
-    patches = frames.reshape(f, gh, PATCH, gw, PATCH, 3).transpose(0, 1, 3, 2, 4, 5)
-    patches = patches.reshape(f, gh * gw, PATCH, PATCH, 3)
-    grey = patches.mean(-1)
-    gy, gx = np.gradient(grey, axis=(2, 3))
-    magnitude = np.hypot(gx, gy)
-    angle = np.mod(np.arctan2(gy, gx), np.pi)  # unsigned orientation
-    bins = np.minimum((angle / np.pi * 8).astype(int), 7)
-    hist = np.stack([(magnitude * (bins == k)).sum((2, 3)) for k in range(8)], -1)
-    hist = hist / (hist.sum(-1, keepdims=True) + 1e-6)
-    layout = grey.reshape(f, gh * gw, 4, PATCH // 4, 4, PATCH // 4).mean((3, 5)).reshape(f, gh * gw, 16)
-    layout = layout - layout.mean(-1, keepdims=True)
-    return np.concatenate([patches.mean((2, 3)), patches.std((2, 3)),
-                           magnitude.mean((2, 3))[..., None], hist, layout], -1)
-
-
-def tokens_from_descriptors(desc: np.ndarray, dim: int) -> torch.Tensor:
-    """Standardise each descriptor entry over the video, project to `dim` (fixed seed). The
-    projection keeps |x| ~ 2 |z| ~ 11, so a token's self-attention logit |x|^2 / sqrt(D) is a
-    few units at D = 1152: attention is neither uniform nor one-hot."""
-    z = (desc - desc.mean((0, 1))) / (desc.std((0, 1)) + 1e-6)
-    proj = np.random.default_rng(0).standard_normal((desc.shape[-1], dim)) * (2.0 / np.sqrt(dim))
-    return torch.from_numpy(z @ proj).float()
-
-
-def self_attention_scores(features: torch.Tensor) -> torch.Tensor:
-    """[F, N]: mean attention each token receives, softmax(X X^T / sqrt(D)) per frame (SPEC §4's
-    rule for encoders without [CLS]; one head)."""
-    x = features.float()
-    attn = torch.softmax(x @ x.transpose(1, 2) / x.shape[-1] ** 0.5, dim=-1)
-    return attn.mean(1)
-
-
-def encode(pixels: np.ndarray, dim: int = 1152) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Frames [F, 224, 224, 3] in [0, 1] -> (features [F, 196, dim] float32, scores [F, 196]):
-    the stand-in vision tower every built-in video goes through (descriptors, projection,
-    mean self-attention received)."""
-    features = tokens_from_descriptors(patch_descriptors(pixels), dim)
-    return features, self_attention_scores(features)
 
 
 def demo_video(dim: int = 1152, frames: int = FRAMES) -> DemoVideo:
@@ -117,8 +42,6 @@ def tokens_per_frame(reduced, frames: int) -> list:
 def proxy_report(video: "DemoVideo", retention: float, reducer_names, seeds: int = 5) -> str:
     """SPEC §9's proxies for each named reducer on the demo video at `retention`, with the band
     of `random` over `seeds` seeds (compare.run on this one video; no progress bar)."""
-    from . import compare
-
     case = compare.Case("demo", video.features, video.scores, video.grid)
     result = compare.run([case], [retention], compare.variants(reducer_names, ot_merge=False),
                          seeds=seeds, progress=False)

@@ -99,7 +99,7 @@ def reduction_cost(reducer_name, retention, repeats, dim=3584, dtype="float32"):
     CUDA device when there is one, synchronised around each call for the timing only)."""
     import torch
 
-    from aot_kernels.demo import self_attention_scores
+    from aot_kernels.reducers.scores import self_attention_scores
     from aot_kernels.integrations.vllm import Settings
     from aot_kernels.integrations.vllm.models import reduce_video
 
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
     if any(c < 1 for c in args.concurrency):
         raise SystemExit("--concurrency values must be >= 1")
 
-    from aot_kernels.bench import steady_allocator
+    from aot_kernels.eval.bench import steady_allocator
     from aot_kernels.integrations.vllm import register
 
     steady = False if args.glibc_defaults else steady_allocator()

@@ -32,7 +32,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from aot_kernels import AOTReducer, compare, videos  # noqa: E402
+from aot_kernels import AOTReducer  # noqa: E402
+from aot_kernels.eval import compare, videos  # noqa: E402
 
 COLUMNS = ("readout", "reconstruction", "temporal", "needle")
 SHARES = (0.2, 0.4, 0.6, 0.95)  # besides the default 0.8

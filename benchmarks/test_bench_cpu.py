@@ -1,4 +1,4 @@
-"""pytest-benchmark form of the CPU suite (aot_kernels/bench.py): same cases, same peers.
+"""pytest-benchmark form of the CPU suite (aot_kernels/eval/bench.py): same cases, same peers.
 
     pytest benchmarks/ --benchmark-only        (or: make bench)
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import aot_kernels as ak
-from aot_kernels import bench
-from aot_kernels.workloads import make_inputs
+from aot_kernels.eval import bench
+from aot_kernels.eval.workloads import make_inputs
 
 if not ak.HAS_EXTENSION:
     pytest.skip(f"compiled extension unavailable: {ak.EXTENSION_ERROR}", allow_module_level=True)

@@ -1,4 +1,4 @@
-// Makes the op library importable as aot_kernels._C; importing it runs the TORCH_LIBRARY
+// Makes the op library importable as aot_kernels.ops._C; importing it runs the TORCH_LIBRARY
 // registrations. Not part of the CMake build, which has no Python.
 #include <Python.h>
 

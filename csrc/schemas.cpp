@@ -1,5 +1,5 @@
 // The aot op family, defined once. Kernels: csrc/cpu (CPU), aot_kernels/triton (CUDA);
-// fake kernels and autograd are registered from Python (aot_kernels/ops.py).
+// fake kernels and autograd are registered from Python (aot_kernels/ops/library.py).
 #include <torch/library.h>
 
 TORCH_LIBRARY(aot, m) {

@@ -8,7 +8,7 @@ import torch
 
 import aot_kernels as ak
 from aot_kernels import reducers
-from aot_kernels.authors import AuthorsAOTReducer, setting
+from aot_kernels.reducers.authors import AuthorsAOTReducer, setting
 from reference import authors_reference as A
 
 BACKENDS = ("cpp", "torch")

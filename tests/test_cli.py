@@ -111,8 +111,8 @@ def test_compare_on_a_builtin_video_writes_json(tmp_path):
 
 
 def test_bench_rows_compare_every_peer_on_the_same_inputs():
-    from aot_kernels import bench
-    from aot_kernels.workloads import Workload
+    from aot_kernels.eval import bench
+    from aot_kernels.eval.workloads import Workload
 
     case = bench.Case(Workload("tiny", 3, 9, 7, 16, max_iter=300))  # converged: schedules agree
     impls = ["aot-cpp", "torch"] + (["pot-batch", "pot-loop"] if bench._pot_available() else [])
@@ -126,8 +126,8 @@ def test_bench_rows_compare_every_peer_on_the_same_inputs():
 def test_forward_memory_is_a_few_plans_not_iterations():
     """No [max_iter, B, M, N] buffer: extra forward memory stays ~2 plans at 100 iterations,
     where unrolled autograd-free torch code already needs several times more."""
-    from aot_kernels import bench
-    from aot_kernels.workloads import Workload
+    from aot_kernels.eval import bench
+    from aot_kernels.eval.workloads import Workload
 
     case = bench.Case(Workload("mem", 8, 128, 128, 64, max_iter=100))
     extra = bench.extra_memory_bmn("aot-cpp", case)
@@ -139,7 +139,7 @@ def test_forward_memory_is_a_few_plans_not_iterations():
 
 
 def test_whole_video_rows_compare_the_backends():
-    from aot_kernels import bench
+    from aot_kernels.eval import bench
 
     rows = bench.video_rows(1, bench.VIDEO_CASES[:1])
     assert [r["impl"] for r in rows] == ["floor", "cpp", "torch"]
@@ -173,7 +173,7 @@ def test_reduce_reads_every_input_form(tmp_path, form, scores_file):
     """Each features form, with scores inside, in a separate file, or none (a plain tensor file is
     features only: it is never read again as its own scores)."""
     from aot_kernels import AOTReducer
-    from aot_kernels.demo import self_attention_scores
+    from aot_kernels.reducers.scores import self_attention_scores
 
     g = torch.Generator().manual_seed(0)
     feats, scores = torch.randn(8, 16, 12, generator=g), torch.rand(8, 16, generator=g)

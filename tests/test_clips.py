@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aot_kernels.clips import dynamic_clips, uniform_clips
+from aot_kernels.reducers.clips import dynamic_clips, uniform_clips
 from reference import selection_reference as R
 
 

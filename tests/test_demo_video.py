@@ -3,7 +3,9 @@ import numpy as np
 import torch
 
 from aot_kernels import demo
-from aot_kernels.clips import dynamic_clips
+from aot_kernels.eval import encoders, videos
+from aot_kernels.reducers.scores import self_attention_scores
+from aot_kernels.reducers.clips import dynamic_clips
 
 
 def test_demo_video_is_fixed_and_has_its_scene_cut():
@@ -19,16 +21,16 @@ def test_demo_video_is_fixed_and_has_its_scene_cut():
 
 def test_scores_are_mean_attention_received():
     x = torch.randn(3, 10, 16)
-    s = demo.self_attention_scores(x)
+    s = self_attention_scores(x)
     torch.testing.assert_close(s.sum(1), torch.ones(3))  # each query spreads one unit
     attn = torch.softmax(x[1] @ x[1].T / 4.0, dim=1)
     torch.testing.assert_close(s[1], attn.mean(0))
 
 
 def test_descriptor_has_31_documented_entries():
-    frames = demo.photo_frames(frames=2, cut=1)
-    desc = demo.patch_descriptors(frames)
-    assert desc.shape == (2, 196, demo.DESCRIPTOR)
+    frames = videos.photo_frames(frames=2, cut=1)
+    desc = encoders.patch_descriptors(frames)
+    assert desc.shape == (2, 196, encoders.DESCRIPTOR)
     # mean RGB of the first patch is its pixel mean
     np.testing.assert_allclose(desc[0, 0, :3], frames[0, :16, :16].reshape(-1, 3).mean(0))
     sums = desc[..., 7:15].sum(-1)  # orientation histogram: normalised, or 0 on a flat patch

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from aot_kernels import metrics, reducers
-from aot_kernels.video import ReducedVideo
+from aot_kernels.reducers.video import ReducedVideo
 
 
 def reduced(tokens, frame_ids, sizes=None):

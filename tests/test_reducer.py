@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from aot_kernels import AOTReducer, ReducedVideo
-from aot_kernels.reducer import PRESETS, default_anchors
+from aot_kernels.reducers.aot import PRESETS
+from aot_kernels.reducers.planning import default_anchors
 from reference.video_reference import default_plan, reduce_video
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import aot_kernels as ak
-from aot_kernels import api, ops
+from aot_kernels.ops import api, library
 from samples import SAMPLES, inputs, kwargs
 
 # opcheck runs the op many times (fake, autograd, AOT dispatch); the 300-sized samples add
@@ -82,8 +82,8 @@ def test_fallback_without_extension(monkeypatch):
     """A missing extension degrades to the torch backend with one warning, not an ImportError."""
     x, y, _, _ = inputs(SAMPLES[4])
     want = ak.sinkhorn_aggregate(x, y, backend="torch").tokens
-    monkeypatch.setattr(ops, "HAS_EXTENSION", False)
-    monkeypatch.setattr(ops, "EXTENSION_ERROR", "ImportError: simulated")
+    monkeypatch.setattr(library, "HAS_EXTENSION", False)
+    monkeypatch.setattr(library, "EXTENSION_ERROR", "ImportError: simulated")
     monkeypatch.setattr(api, "_warned_fallback", False)
     with pytest.warns(RuntimeWarning, match="simulated"):
         got = ak.sinkhorn_aggregate(x, y).tokens

@@ -61,7 +61,7 @@ def test_small_windows_pass_their_share_on():
     """Window sizes 4, 2, 2, 1 and 8 local anchors: shares 2, 2, 2, 2; the last window holds 1,
     and its extra goes round to window 0. (With np.array_split windows and K_l <= N/2 this cannot
     happen end to end, so the quota rule is checked directly, in both implementations.)"""
-    from aot_kernels.selection import window_quotas
+    from aot_kernels.reducers.selection import window_quotas
 
     assert R.window_quotas([4, 2, 2, 1], 8) == [3, 2, 2, 1]
     assert window_quotas([4, 2, 2, 1], 8) == [3, 2, 2, 1]

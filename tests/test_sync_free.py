@@ -9,7 +9,7 @@ from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTens
 from torch.overrides import TorchFunctionMode
 
 from aot_kernels import AOTReducer, gpu, ops, reducers
-from aot_kernels.video import token_budget
+from aot_kernels.reducers.video import token_budget
 
 
 def _basic_getitem(x, index):

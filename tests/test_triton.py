@@ -281,7 +281,7 @@ def test_authors_reducer_on_the_kernels_matches_reference():
 
 def test_launchers_are_the_ops_cuda_kernels():
     """On CUDA tensors torch.ops.aot.* dispatch to Triton (autograd and fake kernels are the
-    device-independent ones of ops.py)."""
+    device-independent ones of ops/library.py)."""
     assert gpu.register()
     for op in ("cosine_cost", "sinkhorn", "sinkhorn_aggregate", "clip_aggregate"):
         assert "\nCUDA: registered" in torch._C._dispatch_dump(f"aot::{op}"), op

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aot_kernels import demo, videos
+from aot_kernels import demo
+from aot_kernels.eval import videos
 
 D = 64  # the geometry does not depend on D (a fixed projection of the descriptors)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 
-from .. import composite
+from ..ops import backends, composite
 
 try:
     import triton  # noqa: F401
@@ -81,7 +81,7 @@ def register() -> bool:
     global _registered
     if _registered:
         return True
-    from ..ops import HAS_EXTENSION
+    from ..ops.library import HAS_EXTENSION
 
     if not (HAS_TRITON and HAS_EXTENSION):
         return False
@@ -93,3 +93,10 @@ def register() -> bool:
     torch.library.register_kernel("aot::clip_aggregate", "cuda", clip_aggregate)
     _registered = True
     return True
+
+
+# The op API (a layer below) dispatches backend="triton" through this (ops/backends.py).
+backends.set_triton(backends.TritonBackend(
+    HAS_TRITON, TRITON_ERROR, interpreting, register,
+    {"cosine_cost": cosine_cost, "sinkhorn": sinkhorn, "sinkhorn_aggregate": sinkhorn_aggregate,
+     "clip_aggregate": clip_aggregate}))

@@ -49,7 +49,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import composite
+from ..ops import composite
 from .common import dot_flags, launch, next_pow2
 from .cost_kernels import add_spatial_cost, cosine_cost
 

@@ -40,7 +40,7 @@ from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 
 from .. import reducers
-from ..authors import BENCHMARKS
+from ..reducers.authors import BENCHMARKS
 
 NONE = "none"
 IMAGES = (".jpg", ".jpeg", ".png")

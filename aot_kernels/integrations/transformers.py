@@ -451,7 +451,7 @@ def patch(model, reducer, *, local_layer="auto", score_layers="auto"):
                         f"not {name}")
     if not callable(reducer):
         raise TypeError(f"reducer must be callable like aot_kernels.AOTReducer, got {type(reducer).__name__}")
-    from ..authors import AuthorsAOTReducer
+    from ..reducers.authors import AuthorsAOTReducer
 
     authors = isinstance(reducer, AuthorsAOTReducer)
     if authors and name != "LlavaOnevisionForConditionalGeneration":

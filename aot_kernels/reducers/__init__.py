@@ -6,11 +6,16 @@ with features [F,N,D] (or [B,F,N,D], or a list) and returns a ReducedVideo (or a
 the authors released (SPEC §8), built from its model and benchmark settings; the others are the
 baselines of baselines.py, each with a swappable merge step (merge=None | "average" | "ot"; "ot"
 folds the dropped tokens with aot::sinkhorn_aggregate).
+
+Modules: video (input forms, ReducedVideo, budgets), selection (anchors), clips (uniform and
+DySeg clips), scores (scores for encoders without [CLS]); AOT as stages: planning, intra
+(stages 1-2), inter (stage 3), layout (output order), aot (AOTReducer, presets); authors
+(AuthorsAOTReducer); base and baselines. Above the ops (and gpu), below eval.
 """
 from __future__ import annotations
 
-from ..authors import AuthorsAOTReducer
-from ..reducer import AOTReducer
+from .aot import AOTReducer
+from .authors import AuthorsAOTReducer
 from .base import MERGES, Group, TokenReducer
 from .baselines import DyCoke, Pool, RandomTokens, ToMe, TopK, VisionZip
 

@@ -9,10 +9,10 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .. import validate
-from ..api import sinkhorn_aggregate
-from ..selection import even_split
-from ..video import (Clip, ReducedVideo, Video, as_videos, finish, folded_sizes, grid_of,
+from ..ops import validate
+from ..ops.api import sinkhorn_aggregate
+from .selection import even_split
+from .video import (Clip, ReducedVideo, Video, as_videos, finish, folded_sizes, grid_of,
                      retention as check_retention, size_dtype, token_budget)
 
 MERGES = (None, "average", "ot")

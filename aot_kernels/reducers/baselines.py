@@ -10,9 +10,9 @@ from typing import List, Tuple
 
 import torch
 
-from .. import validate
-from ..selection import even_split
-from ..video import Video
+from ..ops import validate
+from .selection import even_split
+from .video import Video
 from .base import Group, TokenReducer, nearest, top_indices
 
 

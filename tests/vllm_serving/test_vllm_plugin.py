@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from importlib.metadata import entry_points  # noqa: E402
 
 from aot_kernels import AOTReducer, reducers  # noqa: E402
-from aot_kernels.demo import self_attention_scores  # noqa: E402
+from aot_kernels.reducers.scores import self_attention_scores  # noqa: E402
 from aot_kernels.integrations import vllm as plugin  # noqa: E402
 from tiny_models import (random_video, video_metadata, write_llava_onevision,  # noqa: E402
                          write_qwen2_5_vl)

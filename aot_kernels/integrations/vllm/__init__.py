@@ -18,7 +18,7 @@ What happens then (per video of F frames, N tokens each, in the model's token gr
   (LLaVA-OneVision: K + 1 with the newline), so the scheduler, the KV cache and the prompt length
   are the reduced ones from the start;
 - the model runs its own vision encoder, then the reducer on the video's embeddings [F, N, D]
-  (scores: the mean self-attention each token receives, per frame, `demo.self_attention_scores`)
+  (scores: the mean self-attention each token receives, per frame, `reducers.scores.self_attention_scores`)
   and hands exactly K tokens (+ newline) to the placeholders, in the reducer's output order;
 - Qwen2.5-VL: each kept token keeps its original 3-D M-RoPE position (its frame, row, column),
   through vLLM's pruning interface (SupportsMultiModalPruning.recompute_mrope_positions, the path
@@ -73,7 +73,7 @@ class Settings:
 
 def _check(raw: Dict[str, Any], where: str) -> Settings:
     from ...reducers import ALL_NAMES, NAMES
-    from ...video import retention as check_retention
+    from ...reducers.video import retention as check_retention
 
     if not isinstance(raw, dict):
         raise TypeError(f"{where} must be a JSON object like "

@@ -22,7 +22,7 @@ from vllm.multimodal.processing import PromptReplacement
 from vllm.multimodal.video_prune.evs import compute_mrope_for_media
 from vllm.utils.torch_utils import async_tensor_h2d
 
-from ...demo import self_attention_scores
+from ...reducers.scores import self_attention_scores
 from . import Settings, settings_from
 
 # vLLM keys its pruning path (encode videos one at a time, then let the model rewrite the M-RoPE
@@ -34,8 +34,8 @@ _PRUNING_ON = 1e-6
 def video_tokens(settings: Settings, frames: int, tokens: int) -> int:
     """K, the video tokens a reduced F x N video keeps: round(retention F N) (ValueError when AOT
     cannot meet that budget for this shape). Depends on shapes only."""
-    from ...reducer import AOTReducer
-    from ...video import token_budget
+    from ...reducers.aot import AOTReducer
+    from ...reducers.video import token_budget
 
     reducer = settings.build()
     if isinstance(reducer, AOTReducer):

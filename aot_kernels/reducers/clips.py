@@ -8,7 +8,7 @@ from typing import List, Tuple
 import torch
 import torch.nn.functional as F
 
-from . import validate
+from ..ops import validate
 
 Clip = Tuple[int, int]  # frames [start, end)
 

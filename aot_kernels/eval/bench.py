@@ -44,8 +44,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from . import composite
-from .api import sinkhorn_aggregate
+from ..ops import composite
+from ..ops.api import sinkhorn_aggregate
 from .workloads import Workload, make_inputs
 
 
@@ -215,7 +215,7 @@ def extra_memory_bmn(impl: str, case: Case) -> Optional[float]:
 
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0",
                OMP_NUM_THREADS=str(torch.get_num_threads()))
-    code = (f"from aot_kernels.bench import _probe_memory; "
+    code = (f"from aot_kernels.eval.bench import _probe_memory; "
             f"_probe_memory({impl!r}, {asdict(case.workload)!r}, {case.tol!r})")
     try:
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -373,7 +373,7 @@ def video_floor_fn(case: VideoCase) -> Callable:
     intra [F,M,D]x[F,D,N-M] and [F,M,N-M]x[F,N-M,D]; inter, per clip step l = 1..longest-1 over
     the C_l clips alive at l, [C_l,M,D]x[C_l,D,M] and [C_l,M,M]x[C_l,M,D]. M and the clips come
     from AOTReducer's plan; operands are made here, once, outside the timing."""
-    from .reducer import AOTReducer
+    from ..reducers.aot import AOTReducer
 
     plan = AOTReducer(VIDEO_RETENTION).plan(case.frames, case.tokens)
     m, lengths = plan.anchors, [e - s for s, e in plan.clips]
@@ -397,7 +397,7 @@ def video_rows(threads: int, cases: Optional[List[VideoCase]] = None) -> List[di
     row (video_floor_fn), then per backend (cpp, torch) the median total ms and the per-stage
     split in ms (selection, intra-frame, inter-frame; profile=True). x_floor = ms / floor ms;
     speedup (cpp row only) = torch ms / cpp ms; max_diff = max |tokens - cpp tokens|."""
-    from .reducer import AOTReducer
+    from ..reducers.aot import AOTReducer
 
     torch.set_num_threads(threads)
     rows: List[dict] = []

@@ -6,7 +6,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from . import composite, gpu, ops, validate
+from . import backends, composite, library, validate
 
 _warned_fallback = False
 
@@ -17,30 +17,31 @@ def _resolve(backend: str, device: torch.device) -> str:
     global _warned_fallback
     validate.backend(backend)
     if backend == "cpp":
-        if not ops.HAS_EXTENSION:
+        if not library.HAS_EXTENSION:
             raise RuntimeError("backend='cpp' needs the compiled extension aot_kernels._C, which "
-                               f"could not be loaded ({ops.EXTENSION_ERROR}); reinstall with "
+                               f"could not be loaded ({library.EXTENSION_ERROR}); reinstall with "
                                "`pip install --no-build-isolation -e .` or use backend='torch'")
         if device.type != "cpu":
             raise ValueError(f"backend='cpp' runs on CPU tensors, got tensors on {device}")
         return "cpp"
     if backend == "triton":
-        if not gpu.HAS_TRITON:
-            raise RuntimeError(f"backend='triton' needs triton ({gpu.TRITON_ERROR}); "
+        triton = backends.triton()
+        if not triton.available:
+            raise RuntimeError(f"backend='triton' needs triton ({triton.error}); "
                                "`pip install triton` or use backend='torch'")
-        if device.type != "cuda" and not (device.type == "cpu" and gpu.interpreting()):
+        if device.type != "cuda" and not (device.type == "cpu" and triton.interpreting()):
             raise ValueError(f"backend='triton' runs on CUDA tensors (or on CPU tensors with "
                              f"TRITON_INTERPRET=1), got tensors on {device}")
         return "triton"
     if backend == "auto":
-        if device.type == "cpu" and ops.HAS_EXTENSION:
+        if device.type == "cpu" and library.HAS_EXTENSION:
             return "cpp"
-        if device.type == "cuda" and gpu.HAS_TRITON:
+        if device.type == "cuda" and backends.triton().available:
             return "triton"
         if device.type == "cpu" and not _warned_fallback:
             _warned_fallback = True
             warnings.warn("aot_kernels: compiled extension unavailable "
-                          f"({ops.EXTENSION_ERROR}); using the slower 'torch' backend",
+                          f"({library.EXTENSION_ERROR}); using the slower 'torch' backend",
                           RuntimeWarning, stacklevel=4)
     return "torch"
 
@@ -58,14 +59,14 @@ def _run(op: str, backend: str, device: torch.device, args: tuple):
     if chosen == "cpp" or (chosen == "triton" and _through_op(device)):
         return getattr(torch.ops.aot, op)(*args)
     if chosen == "triton":
-        return getattr(gpu, op)(*args)
+        return backends.triton().launchers[op](*args)
     return _TORCH_IMPL[op](*args)
 
 
 def _through_op(device: torch.device) -> bool:
     """Triton on CUDA goes through torch.ops.aot.* (autograd, fake kernels); on CPU under the
     interpreter, or without the op schemas, the launchers are called directly (no autograd)."""
-    return device.type == "cuda" and gpu.register()
+    return device.type == "cuda" and backends.triton().register()
 
 
 class SinkhornResult(NamedTuple):

@@ -26,7 +26,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .video import ReducedVideo
+from ..reducers.video import ReducedVideo
 
 # Inverse-temperature multipliers of 1/sqrt(D), sharp to broad. On the built-in demo video
 # (|x| ~ 10 at D = 1152) a held-out query's attention has a perplexity of ~7 of the 6,272
@@ -280,7 +280,7 @@ def proxies(features: torch.Tensor, reduced: ReducedVideo, *, needle_indices=Non
 def random_runs(features: torch.Tensor, retention: float, seeds: Sequence[int] = range(5), *,
                 grid=None, needle_indices=None, **readout_options) -> List[Dict[str, float]]:
     """`proxies` of the `random` reducer (no merge) at `retention`, one dict per seed."""
-    from . import reducers
+    from .. import reducers
 
     x = _features(features)
     out = []

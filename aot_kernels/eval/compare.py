@@ -23,8 +23,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-from . import metrics, reducers
-from .video import grid_of, retention as check_retention
+from .. import reducers
+from . import metrics
+from ..reducers.video import grid_of, retention as check_retention
 
 Variant = Tuple[str, str, dict]  # (label, reducer name, config)
 PROXIES = ("readout", "reconstruction", "temporal", "needle")  # the table's columns

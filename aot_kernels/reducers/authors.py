@@ -15,9 +15,9 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from . import validate
-from .api import sinkhorn_aggregate
-from .composite import merged_sizes
+from ..ops import validate
+from ..ops.api import sinkhorn_aggregate
+from ..ops.composite import merged_sizes
 from .selection import select_anchors
 from .video import ReducedVideo, Video, as_videos, grid_of, size_dtype
 

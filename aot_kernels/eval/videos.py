@@ -2,7 +2,7 @@
 camera motion, no downloads.
 
 Every video is 32 frames of 224 x 224 pixels, turned into tokens by the demo's stand-in vision
-tower (`demo.encode`: a 14 x 14 grid of 16 x 16 patches, a 31-number descriptor per patch
+tower (`encoders.encode`: a 14 x 14 grid of 16 x 16 patches, a 31-number descriptor per patch
 projected to D, scores = mean self-attention received). `load(name)` returns a `BuiltinVideo`;
 `NAMES` lists them:
 
@@ -27,7 +27,38 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .demo import CUT, FRAMES, GRID, PATCH, SIZE, _resize, encode, photo_frames
+from .encoders import GRID, PATCH, SIZE, encode
+
+FRAMES = 32
+# The demo video's scene cut: first frame of its second scene; inside the third 8-frame clip on
+# purpose.
+CUT = 20
+
+
+def _resize(image: np.ndarray, top: float, left: float, height: float, width: float) -> np.ndarray:
+    from skimage.transform import resize
+
+    crop = image[int(round(top)):int(round(top + height)), int(round(left)):int(round(left + width))]
+    return resize(crop, (SIZE, SIZE, 3), anti_aliasing=True, mode="reflect")
+
+
+def photo_frames(frames: int = FRAMES, cut: int = CUT) -> np.ndarray:
+    """[F, 224, 224, 3] in [0, 1]: a zoom on `astronaut`, then a pan across `coffee`."""
+    from skimage import data, img_as_float
+
+    astronaut, coffee = img_as_float(data.astronaut()), img_as_float(data.coffee())
+    out = []
+    for t in range(frames):
+        if t < cut:  # zoom from the whole 512 x 512 photo to a 320 x 320 window on the face
+            a = t / max(cut - 1, 1)
+            side = 512 - 192 * a
+            out.append(_resize(astronaut, 0 + 20 * a, 60 * a, side, side))
+        else:  # pan a 380 x 380 window from left to right across the 400 x 600 photo
+            a = (t - cut) / max(frames - cut - 1, 1)
+            out.append(_resize(coffee, 10, 220 * a, 380, 380))
+    return np.stack(out)
+
+
 
 
 @dataclass

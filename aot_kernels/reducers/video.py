@@ -15,7 +15,7 @@ from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
-from . import validate
+from ..ops import validate
 
 Clip = Tuple[int, int]
 

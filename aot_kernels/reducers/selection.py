@@ -5,7 +5,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from . import validate
+from ..ops import validate
 from .video import IndexCache
 
 _WINDOWS = IndexCache()  # each window's token indices, per grid and device
