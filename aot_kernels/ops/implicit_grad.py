@@ -10,15 +10,22 @@ whose linearisation gives H [df; dg] = [(T*dC) 1; (T*dC)^T 1] with H = [[diag r,
 So for upstream gradients (gf, gg): solve H w = (gf, gg) and grad_C = T * (w_f[j] + w_g[i]).
 Cost: one dense solve of size min(M, N) per problem, memory O(B*M*N + B*min(M,N)^2), independent
 of max_iter. The result is exact for a converged problem; for a truncated one it is the gradient
-of the fixed point the iterations approach. H is singular along (1, -1) (the gauge f + k, g - k);
-the upstream gradient is projected off that direction, which is exact for every gauge-invariant
-quantity (plan, aggregated tokens, distance).
+of the fixed point the iterations approach. H is singular along (1, -1) (the gauge f + k, g - k),
+and to working precision along one such direction per block of a near-block-diagonal plan
+(square, small-eps, near-permutation problems); the upstream gradient is projected off the
+global gauge and the system solved with a tiny ridge, which is exact for every gauge-invariant
+quantity (plan, aggregated tokens, distance) up to the couplings float64 cannot resolve.
 """
 from __future__ import annotations
 
 import torch
 
 from .composite import plan
+
+# Tikhonov term of the Schur solve, relative to the mean column mass (see potentials_vjp): far
+# above float64's rounding of the Laplacian (~1e-16), far below any coupling that moves a
+# gradient by more than 1e-8 of itself.
+RIDGE = 1e-12
 
 
 def potentials_vjp(transport: torch.Tensor, grad_f: torch.Tensor, grad_g: torch.Tensor):
@@ -43,13 +50,27 @@ def potentials_vjp(transport: torch.Tensor, grad_f: torch.Tensor, grad_g: torch.
     gg = torch.where(col_live, gg + kappa.unsqueeze(1), 0.0)
 
     t_over_r = t / torch.where(row_live, r, 1.0).unsqueeze(2)  # diag(1/r) T
-    schur = torch.diag_embed(c) - t.transpose(1, 2) @ t_over_r
-    # Rank-one fix of the gauge null vector (ones on live columns), identity on padding.
+    # The Schur complement S = diag(c) - T^T diag(1/r) T is a weighted graph Laplacian of the
+    # plan's support: symmetric, PSD, with one zero eigenvalue (the gauge f + k, g - k) per
+    # connected block of the support. A near-permutation plan (small eps, sources near anchors)
+    # has cross-block entries below float64's resolution, so S is singular to working precision
+    # along each block's gauge; those potentials are not identifiable, and every gauge-invariant
+    # output is flat along them. A bounded regularisation (L + RIDGE * mean(c) * I) keeps the
+    # solution finite and smooth along those directions (a cut-off by eigenvalue picks noisy
+    # eigenvectors out of the near-zero cluster). Padding sits on the live columns' scale.
+    # Built as a Laplacian, L = diag(A 1) - A with A the off-diagonal of T^T diag(1/r) T, not
+    # as diag(c) - T^T diag(1/r) T: a column that one anchor holds alone has c_i = T_ji^2 / r_j,
+    # and that difference would cancel to rounding noise instead of its true (tiny) value.
     live = col_live.to(torch.float64)
-    scale = (c.sum(1) / live.sum(1)).view(-1, 1, 1)
-    schur = schur + scale * live.unsqueeze(2) * live.unsqueeze(1) + torch.diag_embed(1.0 - live)
+    scale = (c.sum(1) / live.sum(1)).view(-1, 1)
+    gram = t.transpose(1, 2) @ t_over_r
+    adjacency = gram - torch.diag_embed(torch.diagonal(gram, dim1=1, dim2=2))
+    adjacency = 0.5 * (adjacency + adjacency.transpose(1, 2))  # exactly symmetric
+    schur = torch.diag_embed(adjacency.sum(2) + scale * (1.0 - live)) - adjacency
     rhs = gg - (t_over_r.transpose(1, 2) @ gf.unsqueeze(2)).squeeze(2)
-    w_g = torch.linalg.solve(schur, rhs)
+    w_g = torch.linalg.solve(schur + RIDGE * scale.unsqueeze(2) * torch.eye(
+        schur.shape[1], dtype=schur.dtype, device=schur.device), rhs)
+    w_g = torch.where(col_live, w_g, 0.0)
     w_f = torch.where(row_live, (gf - (t @ w_g.unsqueeze(2)).squeeze(2)) / torch.where(row_live, r, 1.0), 0.0)
     if swap:
         w_f, w_g = w_g, w_f
