@@ -55,21 +55,18 @@ def potentials_vjp(transport: torch.Tensor, grad_f: torch.Tensor, grad_g: torch.
     # connected block of the support. A near-permutation plan (small eps, sources near anchors)
     # has cross-block entries below float64's resolution, so S is singular to working precision
     # along each block's gauge; those potentials are not identifiable, and every gauge-invariant
-    # output is flat along them. A bounded regularisation (L + RIDGE * mean(c) * I) keeps the
-    # solution finite and smooth along those directions (a cut-off by eigenvalue picks noisy
-    # eigenvectors out of the near-zero cluster). Padding sits on the live columns' scale.
-    # Built as a Laplacian, L = diag(A 1) - A with A the off-diagonal of T^T diag(1/r) T, not
-    # as diag(c) - T^T diag(1/r) T: a column that one anchor holds alone has c_i = T_ji^2 / r_j,
-    # and that difference would cancel to rounding noise instead of its true (tiny) value.
+    # output is flat along them. A ridge (RIDGE x the mean column mass on the diagonal) keeps the
+    # solution finite and smooth there; a cut-off by eigenvalue would pick noisy eigenvectors
+    # out of the near-zero cluster. S is built as L = diag(A 1) - A, A the off-diagonal of
+    # T^T diag(1/r) T: for a column one anchor holds alone, c_i - T_ji^2 / r_j would cancel to
+    # rounding noise instead of its true (tiny) value. Padding sits on the live columns' scale.
     live = col_live.to(torch.float64)
     scale = (c.sum(1) / live.sum(1)).view(-1, 1)
     gram = t.transpose(1, 2) @ t_over_r
     adjacency = gram - torch.diag_embed(torch.diagonal(gram, dim1=1, dim2=2))
-    adjacency = 0.5 * (adjacency + adjacency.transpose(1, 2))  # exactly symmetric
-    schur = torch.diag_embed(adjacency.sum(2) + scale * (1.0 - live)) - adjacency
+    schur = torch.diag_embed(adjacency.sum(2) + scale * (1.0 - live + RIDGE)) - adjacency
     rhs = gg - (t_over_r.transpose(1, 2) @ gf.unsqueeze(2)).squeeze(2)
-    w_g = torch.linalg.solve(schur + RIDGE * scale.unsqueeze(2) * torch.eye(
-        schur.shape[1], dtype=schur.dtype, device=schur.device), rhs)
+    w_g = torch.linalg.solve(schur, rhs)
     w_g = torch.where(col_live, w_g, 0.0)
     w_f = torch.where(row_live, (gf - (t @ w_g.unsqueeze(2)).squeeze(2)) / torch.where(row_live, r, 1.0), 0.0)
     if swap:
