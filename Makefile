@@ -113,7 +113,8 @@ gpu-check:
 	$(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
 	TRITON_INTERPRET=0 AOT_KERNELS_STRICT=1 $(PYTHON) -m pytest -q -p no:cacheprovider \
 		tests/test_triton.py tests/test_cuda.py tests/test_autograd.py \
-		tests/test_clip_op.py tests/test_sync_free.py
+		tests/test_clip_op.py tests/test_sync_free.py tests/test_gpu_hardening.py \
+		tests/test_program_order.py
 	AOT_KERNELS_STRICT=1 $(PYTHON) benchmarks/bench_gpu.py --json gpu_check.json
 
 clean:

@@ -16,3 +16,18 @@ for p in (ROOT, ROOT / "tests"):
 import torch  # noqa: E402
 
 torch.manual_seed(0)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _fresh_kernel_failure_memory():
+    """A kernel failure is remembered for the process (aot_kernels/gpu); a test that simulates
+    one must not leave it to the tests after it."""
+    yield
+    from aot_kernels import gpu
+    from aot_kernels.gpu import common
+
+    gpu._failed_calls.clear()
+    common._failed.clear()

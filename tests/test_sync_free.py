@@ -37,13 +37,22 @@ class _NoDeviceGuard(TorchFunctionMode):
     """On a CPU-only torch, a few hand-written Tensor methods fail on (fake) CUDA tensors
     before they dispatch: they set a CUDA device guard. Route the ones the reducer uses to
     equivalent ops whose fake kernels need no GPU: basic indexing (x[...] with ints, slices,
-    None) and ~x. Tensor indices are not routed (the code under test uses index_select)."""
+    None), assignment to such an index, ~x and .contiguous() (the Triton launchers). Tensor indices are not routed (the code
+    under test uses index_select)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func is torch.Tensor.__getitem__:
             return _basic_getitem(*args)
         if func is torch.Tensor.__invert__:
             return torch.bitwise_not(*args)
+        if func is torch.Tensor.__setitem__ and not isinstance(args[1], torch.Tensor):
+            x, index, value = args
+            torch.ops.aten.copy_.default(_basic_getitem(x, index), torch.as_tensor(value))
+            return None
+        if func is torch.Tensor.contiguous and not kwargs and len(args) == 1:
+            x = args[0]
+            return x if x.is_contiguous() else torch.ops.aten.clone.default(
+                x, memory_format=torch.contiguous_format)
         return func(*args, **(kwargs or {}))
 
 

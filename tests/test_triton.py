@@ -167,7 +167,9 @@ def test_triton_backend_needs_cuda_or_the_interpreter(monkeypatch):
 
 def test_float64_is_served_exactly_by_the_torch_path():
     s = Sample(2, 5, 7, 12)
-    out = cpu(K.sinkhorn_aggregate(*on(*inputs(s)), s.eps, 1.0, s.max_iter, s.tol))
+    from aot_kernels import gpu
+    out = cpu(gpu.sinkhorn_aggregate(*on(*inputs(s)), s.eps, 1.0, s.max_iter, s.tol))
+    assert out[0].dtype == torch.float64
     assert max_err(out[0], stack(reference(s), "tokens")) < 1e-9
 
 
@@ -296,7 +298,7 @@ def test_launchers_are_the_ops_cuda_kernels():
 ], ids=lambda v: v.name if isinstance(v, Sample) else v)
 def test_larger_problems_match_reference(sample, path):
     """Streaming: rows over two tiles of 32, sources over several tiles of 64, D over two tiles
-    (the online log-sum-exp and the atomically summed error must see every tile once). Sweep:
+    (the online log-sum-exp and the summed error shares must see every tile once). Sweep:
     one-row chunks of 128-wide rows, the paper's frame among them. Resident: a 64 x 64 tile."""
     ref = reference(sample, torch.float32)
     out = run(sample, torch.float32, path)
@@ -363,3 +365,48 @@ def test_solve_path_routes_by_size_and_checks_forced_paths():
         K.solve_path(2, 5000, "sweep")
     with pytest.raises(ValueError, match="path must be one of"):
         K.solve_path(2, 2, "onchip")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+def test_alignment_constexprs_follow_the_tensors(monkeypatch, dtype):
+    """The *_ALIGN constexprs promise the compiler that a stride divides by them: 128-bit loads
+    on a GPU, and misaligned accesses if a promise were wrong, which the interpreter (it ignores
+    alignment) cannot show. So: every promise holds for the tensors actually passed; D 1152 and
+    the padded fp32 workspace get one, D 1150 does not; a user cost with rows of 7 is copied to
+    a padded workspace, one with rows of 8 is used as it is; public outputs stay contiguous."""
+    from aot_kernels.gpu import common
+    from aot_kernels.gpu import cost_kernels as CK
+
+    launches = []
+    monkeypatch.setattr(common, "compile_only", lambda kernel, grid, args, kwargs: launches.append(
+        (kernel.fn.__name__, dict(zip(kernel.arg_names, args)), kwargs)))
+    per_dtype = 16 // torch.tensor([], dtype=dtype).element_size()
+    for d, cost_align, fold_align in ((1152, per_dtype, 4), (1150, 1, 1)):
+        launches.clear()
+        x, y = torch.zeros(2, 5, d, dtype=dtype), torch.zeros(2, 7, d, dtype=dtype)
+        K.sinkhorn_aggregate(x, y, None, None, 0.1, 1.0, 1, 0.0, path="stream")
+        K.sinkhorn_aggregate(x, y, None, None, 0.1, 1.0, 1, 0.0, path="sweep")
+        assert {name for name, _, kw in launches if "C_ALIGN" in kw} == {
+            "_row_pass", "_col_pass", "_solve_kernel", "_column_stats", "_fold"}
+        assert {name for name, _, kw in launches if "D_ALIGN" in kw} == {"_cosine_cost_kernel", "_fold"}
+        for name, args, kw in launches:
+            if "D_ALIGN" in kw:
+                assert kw["D_ALIGN"] == (cost_align if name == "_cosine_cost_kernel" else fold_align)
+                assert args["DQ"] * kw["D_ALIGN"] == d
+            if "C_ALIGN" in kw:  # the fp32 workspace: rows padded to 16 bytes
+                cost = args["COST"]
+                assert kw["C_ALIGN"] == 4 and args["LDQ"] * 4 == cost.stride(1) == 8
+                assert cost.shape[2] == 7 and cost.stride(0) == cost.shape[1] * cost.stride(1)
+            if "O_ALIGN" in kw:
+                assert args["LDQ"] * kw["O_ALIGN"] == args["OUT"].stride(1) == 8
+    for n, copied in ((7, True), (8, False)):
+        launches.clear()
+        cost = torch.zeros(2, 5, n)
+        K.sinkhorn(cost, None, None, 0.1, 1, 0.0, path="sweep")
+        (name, args, kw), = launches
+        assert (args["COST"].data_ptr() != cost.data_ptr()) == copied
+        assert args["COST"].stride(1) == 8 and kw["C_ALIGN"] == 4
+    x, y = torch.zeros(1, 5, 12, dtype=dtype), torch.zeros(1, 7, 12, dtype=dtype)
+    assert CK.cosine_cost(x, y).is_contiguous() and CK.cosine_cost(x, y).shape == (1, 5, 7)
+    pos = torch.zeros(1, 5, 2), torch.zeros(1, 7, 2)
+    assert CK.cost_with_spatial(x, y, *pos, 0.5).is_contiguous()

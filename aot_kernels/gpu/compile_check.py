@@ -8,14 +8,23 @@ shapes, dtypes and modes; each launch is recorded instead of run. Every distinct
 then compiled to a cubin for each architecture with a stand-in driver (ptxas and cuobjdump ship
 in the triton wheel), and `cuobjdump --dump-resource-usage` reads registers, the local-memory
 frame (spill) and static shared memory; Triton's dynamic shared memory comes from its metadata.
-Exit status 1 on any compile failure, any block over the architecture's shared-memory limit, or
-any spill in a kernel that a paper shape launches. Triton's cache lives under build/.
+Two readings of the code itself:
+- index products (TTIR): an int32 multiply of two runtime values (an index times a shape
+  argument) wraps past 2^31 into an illegal address on a GPU, and the interpreter (64-bit NumPy
+  addresses, tiny shapes) never sees it; each is reported with its source line;
+- the widest global load (PTX): `ld.global.v4.b32`, `cp.async ... 16` (128 bits), down to a
+  scalar `ld.global.b16`. The cost, solve and fold kernels must load 128 bits at the paper's
+  shapes (their strides are aligned there, cost_kernels.py).
+Exit status 1 on any compile failure, any block over the architecture's shared-memory limit, any
+int32 index product, any spill in a kernel that a paper shape launches, or a scalar-only (under
+128-bit) cost, solve or fold kernel there. Triton's cache lives under build/.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -27,6 +36,9 @@ SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 SIZES = (1, 17, 70, 126, 196, 256, 603, 2048)
 FEATURES = (64, 1152, 3584)
 DTYPES = ("float32", "float16", "bfloat16")
+# Kernels whose loads are the bandwidth: 128-bit loads required at the paper's shapes.
+VECTOR_KERNELS = ("_cosine_cost_kernel", "_solve_kernel", "_fold")
+VECTOR_BITS = 128
 
 
 @dataclass(frozen=True)
@@ -193,6 +205,67 @@ def resource_usage(cubin: bytes) -> dict:
     raise RuntimeError(f"cuobjdump printed no resource usage:\n{text}")
 
 
+_LOC_FILE = re.compile(r'^#(loc\d*) = loc\("([^"]+)":(\d+):\d+\)')
+_LOC_NAMED = re.compile(r'^#(loc\d*) = loc\("[^"]*"\(#(loc\d*)\)\)')
+_LOC_CALL = re.compile(r'^#(loc\d*) = loc\(callsite\(#(loc\d*) at #(loc\d*)\)\)')
+_DEF = re.compile(r'^\s*(%[\w.]+)(?::\d+)? = ([\w.]+)\s*(.*?)(?:\s+loc\(#(loc\d*)\))?$')
+_FORWARD = ("tt.splat", "tt.broadcast", "tt.expand_dims", "arith.extsi", "arith.extui")
+
+
+def index_products(ttir: str):
+    """The int32 multiplies of two non-constant values in a kernel's TTIR, each as 'file:line
+    op' (a shape times a constexpr is bounded by the grid; index x shape can pass 2^31)."""
+    locs, alias = {}, {}
+    for line in ttir.splitlines():
+        if m := _LOC_FILE.match(line):
+            locs[m.group(1)] = f"{os.path.basename(m.group(2))}:{m.group(3)}"
+        elif m := _LOC_NAMED.match(line):
+            alias[m.group(1)] = m.group(2)
+        elif m := _LOC_CALL.match(line):
+            alias[m.group(1)] = m.group(2)  # the inlined callee's own line
+
+    def where(loc):
+        for _ in range(32):
+            if loc in locs or loc not in alias:
+                break
+            loc = alias[loc]
+        return locs.get(loc, "?")
+
+    constants, found = set(), []
+    for line in ttir.splitlines():
+        m = _DEF.match(line)
+        if not m:
+            continue
+        name, op, rest, loc = m.groups()
+        operands = re.findall(r"%[\w.]+", rest.split(" : ")[0])
+        if op == "arith.constant" or (op in _FORWARD and operands and operands[0] in constants):
+            constants.add(name)
+        elif op == "arith.muli" and re.search(r"(?::\s*|x)i32>?\s*$", rest):
+            if len(operands) == 2 and not (set(operands) & constants):
+                found.append(f"{where(loc)} {name} = {op} {rest}"[:160])
+    return found
+
+
+def _load_bits(suffixes: str) -> int:
+    parts = suffixes.split(".")
+    count = next((int(p[1:]) for p in parts if re.fullmatch(r"v\d+", p)), 1)
+    width = next((int(p[1:]) for p in parts if re.fullmatch(r"[bfsu]\d+", p)), 0)
+    return count * width
+
+
+def widest_load(ptx: str):
+    """(bits, instruction) of the widest global load in a PTX text (0, '-' when none)."""
+    best = (0, "-")
+    for m in re.finditer(r"\bld\.global((?:\.[\w:]+)+)", ptx):
+        suffixes = ".".join(p for p in m.group(1).split(".") if "::" not in p)
+        best = max(best, (_load_bits(suffixes), "ld.global" + suffixes))
+    copy = r"\bcp\.async\.(?:ca|cg)\.shared\.global(?:\.[\w:]+)*\s+\[[^\]]*\],\s*\[[^\]]*\],\s*(0x[0-9a-fA-F]+|\d+)"
+    for m in re.finditer(copy, ptx):
+        size = int(m.group(1), 0)
+        best = max(best, (8 * size, f"cp.async {size}B"))
+    return best
+
+
 def compile_config(job):
     """Compile one configuration for one architecture -> result dict (never raises)."""
     arch, (module, name, types, kwargs_items), grid = job
@@ -214,11 +287,14 @@ def compile_config(job):
         compiled = kernel.warmup(*args, grid=grid, **dict(kwargs_items))
         usage = resource_usage(compiled.asm["cubin"])
         shared = int(compiled.metadata.shared) + usage["SHARED"]
+        bits, load = widest_load(compiled.asm["ptx"])
         return dict(registers=usage["REG"], spill_bytes=usage["STACK"] + usage["LOCAL"],
-                    shared_bytes=shared, error=None)
+                    shared_bytes=shared, load_bits=bits, widest_load=load,
+                    i32_products=index_products(compiled.asm["ttir"]), error=None)
     except Exception as exc:  # the gate reports every failure, it does not stop at the first
         first = str(exc).strip().splitlines()
-        return dict(registers=None, spill_bytes=None, shared_bytes=None,
+        return dict(registers=None, spill_bytes=None, shared_bytes=None, load_bits=None,
+                    widest_load=None, i32_products=None,
                     error=f"{type(exc).__name__}: {first[-1] if first else ''}"[:300])
 
 
@@ -249,33 +325,40 @@ def run(archs, jobs: int, cache_dir: str, quick: bool = False):
                 continue
             seen.add((case, key, arch))
             res = results[(arch, key)]
-            ok = res["error"] is None and res["shared_bytes"] <= SHARED_LIMIT.get(arch, 99 * 1024)
+            ok = (res["error"] is None and not res["i32_products"]
+                  and res["shared_bytes"] <= SHARED_LIMIT.get(arch, 99 * 1024))
             if ok and case.paper and res["spill_bytes"] > 0:
+                ok = False
+            if ok and case.paper and key[1] in VECTOR_KERNELS and res["load_bits"] < VECTOR_BITS:
                 ok = False
             rows.append(dict(kernel=key[1], arch=f"sm_{arch}", config=config_text(dict(key[3])),
                              shape=case.shape, paper=case.paper, registers=res["registers"],
                              spill_bytes=res["spill_bytes"], shared_bytes=res["shared_bytes"],
-                             ok=ok, error=res["error"]))
+                             load_bits=res["load_bits"], widest_load=res["widest_load"],
+                             i32_products=res["i32_products"], ok=ok, error=res["error"]))
             if not ok:
                 failures.append(rows[-1])
     return rows, uses, results, failures
 
 
 def table(archs, uses, results) -> str:
-    """One line per compiled configuration: its resources per architecture and who launches it."""
-    head = f"{'kernel':<20} {'config':<72}" + "".join(f" {'sm_%d regs/spill/smem' % a:>24}" for a in archs)
+    """One line per compiled configuration: its resources and widest global load per
+    architecture, and who launches it."""
+    head = f"{'kernel':<20} {'config':<96}" + "".join(
+        f" {'sm_%d regs/spill/smem load' % a:>41}" for a in archs)
     lines = [head + "  shapes", "-" * (len(head) + 30)]
     for key, (_, used) in sorted(uses.items(), key=lambda kv: (kv[0][1], config_text(dict(kv[0][3])))):
         cells = []
         for arch in archs:
             r = results[(arch, key)]
-            cells.append(f" {'FAILED':>24}" if r["error"] else
-                         f" {r['registers']:>8} {r['spill_bytes']:>6} {r['shared_bytes'] // 1024:>6}KB")
+            cells.append(f" {'FAILED':>41}" if r["error"] else
+                         f" {r['registers']:>8} {r['spill_bytes']:>6} {r['shared_bytes'] // 1024:>6}KB"
+                         f" {r['widest_load']:>18}" + ("!" if r["i32_products"] else ""))
         dtypes = sorted({t[1] for t in key[2] if t[0] == "tensor"} - {"int8", "int32", "int64"})
         paper = sorted({c.shape.rsplit(" ", 1)[0] if not c.tf32 else c.shape for c in used if c.paper})
         who = f"{len(used)} cases" + (f"; paper: {', '.join(paper)}" if paper else "")
         config = config_text(dict(key[3])) + f" [{'/'.join(dtypes)}]"
-        lines.append(f"{key[1]:<20} {config[:72]:<72}" + "".join(cells) + "  " + who)
+        lines.append(f"{key[1]:<20} {config[:96]:<96}" + "".join(cells) + "  " + who)
     return "\n".join(lines)
 
 
@@ -305,15 +388,19 @@ def main(argv=None) -> int:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)
     for row in failures[:20]:
-        why = row["error"] or (f"spill {row['spill_bytes']} B on a paper shape" if row["spill_bytes"]
-                               else f"shared {row['shared_bytes']} B over the limit")
+        why = row["error"] or (
+            f"int32 index products: {'; '.join(row['i32_products'][:3])}" if row["i32_products"]
+            else f"spill {row['spill_bytes']} B on a paper shape" if row["spill_bytes"]
+            else f"shared {row['shared_bytes']} B over the limit"
+            if row["shared_bytes"] > SHARED_LIMIT.get(int(row["arch"][3:]), 99 * 1024)
+            else f"widest load {row['widest_load']} under {VECTOR_BITS} bits on a paper shape")
         print(f"FAIL {row['kernel']} {row['arch']} [{row['config']}] {row['shape']}: {why}",
               file=sys.stderr)
     if failures:
         print(f"{len(failures)} failing rows", file=sys.stderr)
         return 1
-    print("compile gate passed: every configuration compiled, within shared memory, no spill on "
-          "the paper shapes")
+    print("compile gate passed: every configuration compiled, within shared memory, no int32 index "
+          "product, no spill and 128-bit loads on the paper shapes")
     return 0
 
 
