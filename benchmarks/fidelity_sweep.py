@@ -2,6 +2,7 @@
 built-in videos against the band of `random` (issue 13, item 5).
 
     python benchmarks/fidelity_sweep.py [--retention 0.1 0.25] [--videos ...] [--seeds 5]
+                                        [--encoder descriptor|dinov2|auto] [--no-reader]
                                         [--json PATH] [--quick]
 
 Prints one markdown table per retention: the default first, then each option's other values
@@ -35,7 +36,7 @@ import torch  # noqa: E402
 from aot_kernels import AOTReducer  # noqa: E402
 from aot_kernels.eval import compare, videos  # noqa: E402
 
-COLUMNS = ("readout", "reconstruction", "temporal", "needle")
+COLUMNS = compare.COLUMNS  # the set proxies, and the reader proxy's where the encoder has blocks
 SHARES = (0.2, 0.4, 0.6, 0.95)  # besides the default 0.8
 
 
@@ -131,6 +132,9 @@ def main(argv=None) -> int:
     p.add_argument("--retention", type=float, nargs="+", default=[0.10, 0.25])
     p.add_argument("--videos", nargs="+", choices=videos.NAMES, default=list(videos.NAMES))
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--encoder", default="descriptor", choices=["descriptor", "dinov2", "auto"],
+                   help="the built-in videos' tokens (SPEC §9.1; default: the descriptor tower)")
+    p.add_argument("--no-reader", action="store_true", help="skip the reader proxy (DINOv2)")
     p.add_argument("--quick", action="store_true", help="one value per option (for tests)")
     p.add_argument("--combined", nargs="+", metavar="KEY=VALUE", action="append", default=[],
                    help="also one row with these options together (repeatable), e.g. "
@@ -145,15 +149,23 @@ def main(argv=None) -> int:
                                 capture_output=True, text=True).stdout.strip() or "unknown"
     except OSError:
         commit = "unknown"
-    cases = compare.builtin_cases(args.videos)
+    try:
+        cases = compare.builtin_cases(args.videos, encoder=args.encoder)
+    except RuntimeError as exc:  # DINOv2 asked for, not installed
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     report: Dict[str, dict] = {}
     print(f"# AOTReducer options, one at a time (SPEC §9 proxies, mean over {', '.join(args.videos)})")
     print(f"\ncommand: python benchmarks/fidelity_sweep.py {' '.join(sys.argv[1:] if argv is None else argv)}")
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
           f"thread(s), torch {torch.__version__}; commit {commit}")
+    print(f"tokens: {cases[0].encoder}")
     print("cells: mean over the videos, mark against the random band (~ inside, + above, "
           "- below), (change from the default in band widths)")
+    if cases[0].reader is not None and not args.no_reader:
+        print(f"reader, reader_frame: the reader proxy (SPEC §9.2) from block {cases[0].reader.start}: "
+              "a ViT reading, not an LLM")
     for retention in args.retention:
         opts = options(retention, quick=args.quick)
         if args.combined_only:
@@ -170,7 +182,8 @@ def main(argv=None) -> int:
         chosen = [(label, "aot", config) for _, label, config in opts]
         try:
             result = compare.run(cases, [retention], chosen, seeds=args.seeds,
-                                 progress=not args.no_progress, skip_infeasible=True)
+                                 progress=not args.no_progress, skip_infeasible=True,
+                                 reader=not args.no_reader)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

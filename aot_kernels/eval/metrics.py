@@ -12,6 +12,9 @@ video's ReducedVideo (tokens [K, D], frame_ids [K]).
 - temporal: the same with a penalty per frame between an original token and the reduced tokens
   that rebuild it (content must stay near its time: M-RoPE gives the LLM each token's frame).
 - needle: the best cosine of each token of a small distinctive object to any reduced token.
+- reader (SPEC §9.2, needs an encoder with blocks, eval/vit.py): the frames' [CLS] tokens read
+  the reduced tokens through the encoder's remaining blocks; the cosine of what they read to
+  the read of all tokens, for the whole video and per frame (`reader`, `Reader`, `reader_band`).
 
 Every proxy is 1.0 for the identity reduction and lower for a worse one. A single number means
 little on its own: `random_band` gives the spread of `random` over several seeds at the same
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -307,3 +311,188 @@ def random_band(features: torch.Tensor, retention: float, seeds: Sequence[int] =
         raise ValueError(f"seeds must hold at least 2 seeds for a band, got {len(seeds)}")
     return band(random_runs(features, retention, seeds, grid=grid, needle_indices=needle_indices,
                             **readout_options))
+
+
+# --- the reader proxy (SPEC §9.2) -------------------------------------------------------------
+# A real transformer reads the reduced tokens: the frames' [CLS] tokens after block L, with the
+# video's token set (all F N tokens, or the reduced K), through blocks L+1..depth and the final
+# norm. It is a ViT, not an LLM: say so next to every number.
+
+
+def _reader_model(model) -> None:
+    if not (callable(getattr(model, "run", None)) and callable(getattr(model, "norm", None))
+            and isinstance(getattr(model, "depth", None), int)):
+        raise TypeError(f"model must be an encoder with blocks (an eval.vit.ViT: run, norm, "
+                        f"depth), got {type(model).__name__}")
+
+
+def _hidden(hidden, model, start) -> torch.Tensor:
+    if not isinstance(hidden, torch.Tensor):
+        raise TypeError(f"hidden must be a torch.Tensor [F, 1 + N, D], got {type(hidden).__name__}")
+    if hidden.dim() != 3 or hidden.shape[1] < 2 or 0 in hidden.shape:
+        raise ValueError(f"hidden must be [F, 1 + N, D] ([CLS] first), got {tuple(hidden.shape)}")
+    if not hidden.dtype.is_floating_point or not bool(torch.isfinite(hidden).all()):
+        raise ValueError("hidden must be finite floating point")
+    if hidden.shape[2] != model.dim:
+        raise ValueError(f"hidden has D={hidden.shape[2]}, the model D={model.dim}")
+    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= model.depth:
+        raise ValueError(f"start must be an int in [0, {model.depth}] (the block hidden is "
+                         f"after), got {start!r}")
+    return hidden
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row cosines in float64, (a.b) / sqrt((a.a)(b.b)), clamped to [-1, 1]: exactly 1.0 for
+    bitwise-equal rows (sqrt of an exactly rounded square returns the value)."""
+    a, b = a.double(), b.double()
+    num = (a * b).sum(-1)
+    den = ((a * a).sum(-1) * (b * b).sum(-1)).sqrt().clamp_min(1e-300)
+    return (num / den).clamp(-1.0, 1.0)
+
+
+@torch.no_grad()
+def _read_video(model, cls: torch.Tensor, tokens: torch.Tensor, start: int) -> torch.Tensor:
+    """[F, D]: the F [CLS] rows after blocks start+1..depth and the norm, read in one sequence
+    [cls_1..cls_F, tokens]."""
+    seq = torch.cat([cls, tokens.to(cls.dtype)])[None]
+    return model.norm(model.run(seq, start, last_rows=len(cls))[0][0])
+
+
+PAD_SLACK = 0.8  # a batch of frames pads to its largest count; others hold >= 0.8 of it
+
+
+@torch.no_grad()
+def _read_frames(model, cls: torch.Tensor, groups: List[torch.Tensor], start: int) -> torch.Tensor:
+    """[F, D]: frame t's [CLS] read with groups[t] [n_t, D] alone (its own sequence: padding
+    masked out). Frames run in batches of similar counts (each at least PAD_SLACK of the
+    batch's largest): few calls, little padding. Frames of equal counts need no mask, so a
+    reduction that keeps everything is the very call of the unreduced read (bitwise equal)."""
+    out = cls.new_empty(cls.shape)
+    order = sorted(range(len(groups)), key=lambda t: -len(groups[t]))
+    d = cls.shape[1]
+    while order:
+        width = len(groups[order[0]])
+        batch = [t for t in order if len(groups[t]) >= PAD_SLACK * width]
+        order = order[len(batch):]
+        x = cls.new_zeros(len(batch), 1 + width, d)
+        mask = torch.zeros(len(batch), 1 + width, dtype=torch.bool, device=cls.device)
+        for i, t in enumerate(batch):
+            x[i, 0] = cls[t]
+            x[i, 1:1 + len(groups[t])] = groups[t].to(cls.dtype)
+            mask[i, :1 + len(groups[t])] = True
+        mask = None if bool(mask.all()) else mask
+        out[batch] = model.norm(model.run(x, start, mask=mask, last_rows=1)[0][:, 0])
+    return out
+
+
+def reader_full(model, hidden: torch.Tensor, start: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The reference runs on all tokens: (video [F, D], frame [F, D]). video: each frame's final
+    [CLS] when all F [CLS] tokens read all F N tokens in one sequence; frame: each [CLS] read
+    with its own frame's N tokens only (for a model that produced `hidden` from the frames, the
+    encoder's own final [CLS]). hidden [F, 1 + N, D]: the state after block `start`."""
+    _reader_model(model)
+    h = _hidden(hidden, model, start)
+    video = _read_video(model, h[:, 0], h[:, 1:].reshape(-1, h.shape[2]), start)
+    return video, _read_frames(model, h[:, 0], list(h[:, 1:]), start)
+
+
+def reader(model, hidden: torch.Tensor, reduced: ReducedVideo, *, start: int,
+           full: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+           per_frame: bool = True) -> Dict[str, float]:
+    """The reader proxy (SPEC §9.2): what a real transformer reads from the reduced tokens.
+
+    model: an encoder with blocks (eval.vit.ViT: the DINOv2 port, or any other ViT of that
+    class); hidden [F, 1 + N, D]: its tokens after block `start` ([CLS] first); reduced: the
+    ReducedVideo of hidden[:, 1:] (tokens [K, D] in the same space). full: reader_full's result
+    when already computed (the expensive part, K = F N).
+
+    Returns {"reader": mean over frames of cos(final [CLS] of frame t when the F [CLS] tokens
+    read the K reduced tokens together, the same when they read all F N tokens),
+    "reader_frame": mean over frames of cos(frame t's [CLS] read with the reduced tokens whose
+    frame_ids is t, the same with its own N tokens)} (the latter only with per_frame). 1.0: the
+    reader sees no difference (exactly 1.0 for the identity reduction). No sizes enter (LLaVA and
+    Qwen use none); the reduced tokens go in the order of their positions (attention is a set
+    function; a fixed order keeps the identity reduction bitwise equal to the full run).
+
+    Tokens merged across frames count for the one frame their frame_ids names (AOT: an inter-
+    frame anchor belongs to its clip's first frame), so in reader_frame the other frames of a
+    clip see only their own (dynamic) tokens: it measures what each frame keeps on its own,
+    the intra stage's view (AOTReducer(clip_len=1) is AOT without the inter stage). A frame left
+    with no token reads only its [CLS]. It is a ViT reading, not an LLM."""
+    _reader_model(model)
+    h = _hidden(hidden, model, start)
+    frames, n, d = h.shape[0], h.shape[1] - 1, h.shape[2]
+    r = _reduced(reduced, h[:, 1:])
+    pos = r.positions
+    if pos.shape != (len(r),) or (len(pos) and (int(pos.min()) < 0 or int(pos.max()) >= frames * n)):
+        raise ValueError(f"reduced.positions must be [K] flat indices in [0, {frames * n})")
+    if not isinstance(per_frame, bool):
+        raise TypeError(f"per_frame must be a bool, got {type(per_frame).__name__}")
+    if full is None:
+        full = reader_full(model, h, start)
+    if (not isinstance(full, tuple) or len(full) != 2 or
+            any(not isinstance(f, torch.Tensor) or f.shape != (frames, d) for f in full)):
+        raise ValueError(f"full must be reader_full's (video [F, D], frame [F, D]) with F={frames}, "
+                         f"D={d}")
+    order = torch.argsort(pos.cpu(), stable=True).to(r.tokens.device)
+    tokens, fid = r.tokens[order].to(h.device), r.frame_ids[order].to(h.device)
+    cls = h[:, 0]
+    out = {"reader": _cosine(_read_video(model, cls, tokens, start), full[0]).mean().item()}
+    if per_frame:
+        groups = [tokens[fid == t] for t in range(frames)]
+        out["reader_frame"] = _cosine(_read_frames(model, cls, groups, start), full[1]).mean().item()
+    return out
+
+
+@dataclass
+class Reader:
+    """The reader proxy's inputs for one video: model (an encoder with blocks), start (block L),
+    hidden [F, 1 + N, D] after block L ([CLS] first), scores [F, N] (block L's [CLS] attention:
+    what the reducers get), local_scores [F, N] or None, and `full`, reader_full's runs on all
+    tokens (computed on first use by `make_full`, or by reader_full)."""
+    model: object
+    start: int
+    hidden: torch.Tensor
+    scores: torch.Tensor
+    local_scores: Optional[torch.Tensor] = None
+    make_full: Optional[object] = None  # () -> (video [F, D], frame [F, D]), e.g. disk-cached
+    _full: Optional[Tuple[torch.Tensor, torch.Tensor]] = field(default=None, repr=False)
+
+    @property
+    def patches(self) -> torch.Tensor:
+        """[F, N, D]: the block-L patch tokens the reducers reduce."""
+        return self.hidden[:, 1:]
+
+    @property
+    def full(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self._full is None:
+            self._full = (self.make_full() if self.make_full is not None
+                          else reader_full(self.model, self.hidden, self.start))
+        return self._full
+
+    def __call__(self, reduced: ReducedVideo, per_frame: bool = True) -> Dict[str, float]:
+        """`reader(...)` of a reduction of `patches`."""
+        return reader(self.model, self.hidden, reduced, start=self.start, full=self.full,
+                      per_frame=per_frame)
+
+
+def reader_random_runs(inputs: Reader, retention: float, seeds: Sequence[int] = range(5), *,
+                       grid=None) -> List[Dict[str, float]]:
+    """`reader` of the `random` reducer (no merge) at `retention` on inputs.patches, per seed."""
+    from .. import reducers
+
+    out = []
+    for s in seeds:
+        kept = reducers.build("random", retention=retention, seed=s, merge=None)(inputs.patches,
+                                                                                  grid=grid)
+        out.append(inputs(kept))
+    return out
+
+
+def reader_band(inputs: Reader, retention: float, seeds: Sequence[int] = range(5), *,
+                grid=None) -> Dict[str, Tuple[float, float]]:
+    """(low, high) of reader and reader_frame over `random` with each seed at `retention`."""
+    seeds = list(seeds)
+    if len(seeds) < 2:
+        raise ValueError(f"seeds must hold at least 2 seeds for a band, got {len(seeds)}")
+    return band(reader_random_runs(inputs, retention, seeds, grid=grid))

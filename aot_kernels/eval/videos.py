@@ -1,10 +1,12 @@
 """Built-in videos to judge reductions on (SPEC §9): scikit-image's bundled photos and synthetic
 camera motion, no downloads.
 
-Every video is 32 frames of 224 x 224 pixels, turned into tokens by the demo's stand-in vision
-tower (`encoders.encode`: a 14 x 14 grid of 16 x 16 patches, a 31-number descriptor per patch
-projected to D, scores = mean self-attention received). `load(name)` returns a `BuiltinVideo`;
-`NAMES` lists them:
+Every video is 32 frames of 224 x 224 pixels, turned into tokens by an encoder (eval/encoders.py):
+the stand-in descriptor tower by default (a 14 x 14 grid of 16 x 16 patches, a 31-number
+descriptor per patch projected to D, scores = mean self-attention received), or DINOv2 ViT-S/14
+with `encoder="dinov2"` (the frames resized to 196 x 196: the same 14 x 14 token grid, each
+16-pixel cell becoming one 14-pixel patch, so the needle indices hold for both). `load(name)`
+returns a `BuiltinVideo`; `NAMES` lists them:
 
 - demo: the demo video (slow zoom into `astronaut`, a scene cut at frame 20, slow pan across
   `coffee`).
@@ -24,10 +26,13 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable, Dict, List, Optional, Tuple
 
+import hashlib
+
 import numpy as np
 import torch
 
 from .encoders import GRID, PATCH, SIZE, encode
+from .metrics import Reader
 
 FRAMES = 32
 # The demo video's scene cut: first frame of its second scene; inside the third 8-frame clip on
@@ -65,7 +70,9 @@ def photo_frames(frames: int = FRAMES, cut: int = CUT) -> np.ndarray:
 class BuiltinVideo:
     """One built-in video. pixels [F, 224, 224, 3] in [0, 1]; features [F, 196, D] float32;
     scores [F, 196]; grid (14, 14); cuts: first frames of the shots after the first;
-    needle: flat token indices t * 196 + n of the needle (or None); description."""
+    needle: flat token indices t * 196 + n of the needle (or None); description; encoder: the
+    label of the encoder that made the tokens; local_scores [F, 196] (shallow-block scores) and
+    reader (metrics.Reader, the reader proxy's inputs) for an encoder with blocks, else None."""
     name: str
     pixels: np.ndarray
     features: torch.Tensor
@@ -74,6 +81,9 @@ class BuiltinVideo:
     cuts: List[int] = field(default_factory=list)
     needle: Optional[torch.Tensor] = None
     description: str = ""
+    encoder: str = ""
+    local_scores: Optional[torch.Tensor] = None
+    reader: Optional[Reader] = None
 
 
 def _photos():
@@ -192,24 +202,48 @@ NAMES = tuple(_MAKERS)
 
 
 @lru_cache(maxsize=16)
-def _build(name: str, dim: int, frames: int) -> BuiltinVideo:
+def _build(name: str, dim: int, frames: int, encoder: str = "descriptor") -> BuiltinVideo:
+    from . import encoders
+
     make, description = _MAKERS[name]
     pixels, cuts, needle = make(frames)
     assert pixels.shape == (frames, SIZE, SIZE, 3), pixels.shape
-    features, scores = encode(pixels, dim)
-    return BuiltinVideo(name, pixels, features, scores, GRID, cuts, needle, description)
+    if encoder == "descriptor":
+        features, scores = encode(pixels, dim)
+        label = encoders.DescriptorEncoder(dim).label
+        return BuiltinVideo(name, pixels, features, scores, GRID, cuts, needle, description, label)
+    enc = encoders.get(encoder)[0]
+    # the pixels' digest in the key: a changed maker never reads a stale entry
+    key = {"builtin": name, "frames": frames,
+           "pixels": hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()[:24]}
+    got = enc.encode(pixels, key=key)
+    return BuiltinVideo(name, pixels, got.features, got.scores, got.grid, cuts, needle,
+                        description, got.encoder, got.local_scores, got.reader)
 
 
-def load(name: str, dim: int = 1152, frames: int = FRAMES) -> BuiltinVideo:
-    """The built-in video `name` (one of NAMES) with D = dim features over `frames` frames
-    (default 32; the needle needs >= 28, the cuts video shows the cuts that fall inside).
-    Deterministic; cached per (name, dim, frames), so treat the tensors as read-only."""
+def load(name: str, dim: Optional[int] = None, frames: int = FRAMES,
+         encoder: str = "descriptor") -> BuiltinVideo:
+    """The built-in video `name` (one of NAMES) over `frames` frames (default 32; the needle
+    needs >= 28, the cuts video shows the cuts that fall inside), through `encoder`:
+    "descriptor" (D = dim, default 1152), "dinov2" (D = 384; dim must be None or 384; encoded
+    once and cached on disk) or "auto" (dinov2 where installed). Deterministic; cached per
+    (name, dim, frames, encoder) in the process, so treat the tensors as read-only."""
+    from . import encoders
+
     if not isinstance(name, str) or name not in _MAKERS:
         raise ValueError(f"unknown video {name!r}; choose from {NAMES}")
+    if not isinstance(encoder, str) or encoder not in encoders.ENCODERS:
+        raise ValueError(f"unknown encoder {encoder!r}; choose from {encoders.ENCODERS}")
+    if encoder == "auto":
+        encoder = encoders.get("auto")[0].name
+    if dim is None:
+        dim = 1152 if encoder == "descriptor" else 384
     for value, label, low in ((dim, "dim", 1), (frames, "frames", 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{label} must be an int >= {low}, got {value!r}")
+    if encoder == "dinov2" and dim != 384:
+        raise ValueError(f"dim is the descriptor tower's D; DINOv2's is 384, got dim={dim}")
     last = max(t for shown, _, _ in NEEDLES for t in shown)
     if name == "needle" and frames <= last:
         raise ValueError(f"the needle video needs frames > {last}, got {frames}")
-    return _build(name, dim, frames)
+    return _build(name, dim, frames, encoder)
