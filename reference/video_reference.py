@@ -15,11 +15,24 @@ def even_split(total, parts):
 
 
 def default_plan(frames, tokens, retention, clip_len=None, num_anchors=None, threshold=False,
-                 anchor_share=0.8):
-    """[decided] defaults: clips of 8 frames (grown until feasible when clip_len is None) and
+                 anchor_share=None):
+    """[decided] defaults. With neither clip_len nor num_anchors: M = round(7/10 N) (half up),
+    c = round(anchor_share K / M) (None: 1/2) clips (in [1, F]) of ceil(F / c) frames, M clamped to
+    [ceil(K / F), min(N, floor(K / c'))] for the c' clips cut. Otherwise (or where that is
+    infeasible): clips of 8 frames (grown until feasible when clip_len is None) and
     M = floor(anchor_share K / c) clamped to [ceil(K / F), min(N, floor(K / c))], the share as
-    an exact fraction. Returns (M, clips)."""
+    an exact fraction (None: 4/5). Returns (M, clips)."""
     budget = round(retention * frames * tokens)
+    if clip_len is None and num_anchors is None:
+        share = Fraction(0.5 if anchor_share is None else anchor_share).limit_denominator(10 ** 6)
+        target = max(1, int(np.floor(Fraction(7 * tokens, 10) + Fraction(1, 2))))
+        c = min(frames, max(1, int(np.floor(share * budget / target + Fraction(1, 2)))))
+        length = int(np.ceil(frames / c))
+        clips = uniform_clips(frames, length)
+        low, high = int(np.ceil(budget / frames)), min(tokens, budget // len(clips))
+        if low <= high:
+            return min(max(target, low), high), clips
+    anchor_share = 0.8 if anchor_share is None else anchor_share
     length = min(8, frames) if clip_len is None else clip_len
     while True:
         clips = uniform_clips(frames, length)

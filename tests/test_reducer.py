@@ -146,7 +146,18 @@ def test_default_plan_is_feasible_whenever_the_budget_is_positive(frames, n, ret
 
 def test_default_anchors_near_the_papers_llava_onevision_setting():
     assert default_anchors(627, 32, 4, 196) == 125  # paper: 126 at 10%
-    assert AOTReducer(0.1).plan(32, 196).clips == [(s, s + 8) for s in range(0, 32, 8)]
+    given = AOTReducer(0.1, clip_len=8).plan(32, 196)
+    assert given.clips == [(s, s + 8) for s in range(0, 32, 8)] and given.anchors == 125
+
+
+def test_unset_clips_and_anchors_follow_the_measured_rule():
+    """M = round(0.7 x 196) = 137; c = round(0.5 K / 137): K = 627 gives 2 clips of 16 frames,
+    K = 1568 gives 6 clips of ceil(32 / 6) = 6 frames (the last one 2)."""
+    ten, quarter = AOTReducer(0.1).plan(32, 196), AOTReducer(0.25).plan(32, 196)
+    assert (ten.anchors, ten.clips) == (137, [(0, 16), (16, 32)])
+    assert quarter.anchors == 137
+    assert quarter.clips == [(0, 6), (6, 12), (12, 18), (18, 24), (24, 30), (30, 32)]
+    assert sum(ten.keep) == 627 - 2 * 137 and sum(quarter.keep) == 1568 - 6 * 137
 
 
 def test_presets_follow_spec_section_6():

@@ -15,7 +15,7 @@ from .clips import DYNAMIC_NUM_CLIPS, DYNAMIC_THRESHOLD, dynamic_clips
 from .inter import QUOTAS, inter_frame
 from .intra import intra_frame
 from .layout import assemble
-from .planning import ANCHOR_SHARE, MARGINALS, Clock, OTSettings, Plan, plan as plan_video
+from .planning import MARGINALS, Clock, OTSettings, Plan, plan as plan_video
 from .video import (Clip, IndexCache, ReducedVideo, Video, as_videos, finish, grid_of,
                     retention as check_retention)
 
@@ -59,11 +59,16 @@ class AOTReducer:
     Budget. Quota mode (tau=None, default) returns exactly K = round(retention F N) tokens:
     c clips x M anchors plus K - c M dynamic tokens over the clips' later frames.
     Threshold mode (tau in [0, 1]) keeps every token whose best assignment probability is < tau.
-    Defaults adapt to any F, N and retention: clip_len=None starts at 8 frames (the paper's
-    setting) and grows until the budget is feasible; num_anchors=None takes
-    M = floor(anchor_share K / c) clamped to [ceil(K / F), min(N, floor(K / c))] (None: 0.8,
-    ~80% of the budget in anchors; 125 for LLaVA-OneVision's 32 x 196 at 10%, where the paper
-    uses 126).
+    Defaults adapt to any F, N and retention. With clip_len and num_anchors unset, each clip's
+    first frame keeps M = round(0.7 N) anchors and the anchors take `anchor_share` of the budget
+    (None: 0.5 here, 0.8 with clips given), which sets the clip count
+    c = round(anchor_share K / M), clips of ceil(F / c) frames (M then clamped to the budget): 32 x 196 at 10% gives 2 clips of 16 frames, M = 137;
+    at 25%, 6 clips of 6. Chosen on DINOv2 tokens by the reader proxy (benchmarks/FIDELITY.md);
+    the paper's 8-frame clips with ~80% of the budget in anchors put each clip's first frame far
+    above its share of the video. With clip_len given, M = floor(anchor_share K / c) (None: 0.8,
+    the paper's 126 anchors in 8-frame clips at 10%: 125) clamped to
+    [ceil(K / F), min(N, floor(K / c))]; with num_anchors given, clips start at 8 frames and grow
+    until the budget is feasible.
     segmentation="dynamic" cuts clips with FastVID's DySeg on the frames' mean tokens
     (num_clips, seg_threshold) instead of every clip_len frames. quota (None: "adaptive" in
     quota mode; threshold mode takes none): "uniform" spreads the
@@ -132,9 +137,8 @@ class AOTReducer:
         self.quota, self.content_share = quota, share
         if num_anchors is not None and anchor_share is not None:
             raise ValueError("give num_anchors or anchor_share, not both")
-        share = ANCHOR_SHARE if anchor_share is None else validate._real(anchor_share,
-                                                                            "anchor_share")
-        if not 0.0 < share <= 1.0:
+        share = None if anchor_share is None else validate._real(anchor_share, "anchor_share")
+        if share is not None and not 0.0 < share <= 1.0:
             raise ValueError(f"anchor_share must be in (0, 1], got {anchor_share!r}")
         self.anchor_share = share
         self.num_clips = validate.integer(num_clips, "num_clips", 1)

@@ -18,9 +18,17 @@ from .selection import even_split
 from .video import Clip, token_budget
 
 DEFAULT_CLIP_LEN = 8
-# Anchors take ~80% of the budget, dynamic tokens the rest: the paper's LLaVA-OneVision-7B
-# setting (32 frames, 10%, 126 anchors, 8-frame clips) puts 4 x 126 = 504 of 627 tokens in anchors.
+# Anchors' share of the budget when the clips are given (clip_len, DySeg): ~80%, the paper's
+# LLaVA-OneVision-7B setting (32 frames, 10%, 126 anchors, 8-frame clips: 504 of 627 tokens).
 ANCHOR_SHARE = 0.8
+# With clips and anchors left unset (measured on DINOv2 tokens by the reader proxy,
+# benchmarks/FIDELITY.md, issue 22): each clip's first frame keeps ~70% of its tokens as
+# anchors and the anchors take half the budget, which sets the clip count (32 x 196 at 10%:
+# 2 clips of 16 frames, M = 137; at 25%: 6 clips of 6). The paper's split over 8-frame clips puts
+# a clip's first frame far above its share of the video (125 of 196 tokens against 4-5 in each
+# later frame), and a reader without sizes then over-weights those frames.
+AUTO_ANCHOR_SHARE = 0.5
+FRAME_ANCHOR_SHARE = Fraction(7, 10)
 MARGINALS = ("probability", "unit")
 
 
@@ -51,6 +59,25 @@ def default_anchors(budget: int, frames: int, clips: int, tokens: int,
     return min(max(share.numerator * budget // (share.denominator * clips), low), high)
 
 
+def _round(x: Fraction) -> int:
+    return int((x + Fraction(1, 2)) // 1)  # half up, exact
+
+
+def auto_clips(budget: int, frames: int, tokens: int, share: float = AUTO_ANCHOR_SHARE):
+    """(M, clip_len) when neither clips nor anchors are given (None: infeasible): M the
+    FRAME_ANCHOR_SHARE of a frame's tokens, c = round(share K / M) clips of ceil(F / c) frames,
+    then M clamped to [ceil(K / F), min(N, floor(K / c))] for the clips actually cut."""
+    target = max(1, _round(FRAME_ANCHOR_SHARE * tokens))
+    share = Fraction(share).limit_denominator(10 ** 6)
+    c = min(frames, max(1, _round(share * budget / target)))
+    clip_len = -(-frames // c)
+    c = -(-frames // clip_len)
+    low, high = -(-budget // frames), min(tokens, budget // c)
+    if low > high:
+        return None
+    return min(max(target, low), high), clip_len
+
+
 def later_frames(clips: Sequence[Clip]) -> List[int]:
     """Every clip's later frames, ordered by step within the clip, then by clip."""
     longest = max(e - s for s, e in clips)
@@ -71,7 +98,7 @@ def dynamic_quotas(budget: int, clips: Sequence[Clip], anchors: int, frames: int
 
 
 def plan(frames: int, tokens: int, retention: float, *, num_anchors: Optional[int] = None,
-         clip_len: Optional[int] = None, anchor_share: float = ANCHOR_SHARE,
+         clip_len: Optional[int] = None, anchor_share: Optional[float] = None,
          threshold: bool = False, clips: Optional[List[Clip]] = None,
          grow_clips: bool = True) -> Plan:
     """The plan of an F x N video (frames x tokens) at `retention` (ValueError if the budget
@@ -79,11 +106,24 @@ def plan(frames: int, tokens: int, retention: float, *, num_anchors: Optional[in
 
     clips: given clips (e.g. DySeg's), else uniform clips of clip_len frames; with neither
     (and grow_clips) clips start at DEFAULT_CLIP_LEN frames and grow until the budget is
-    feasible. num_anchors: M, else `default_anchors` with anchor_share. threshold: tau decides
+    feasible. num_anchors: M, else `default_anchors` with anchor_share (None: ANCHOR_SHARE
+    with given clips, AUTO_ANCHOR_SHARE in `auto_clips`). threshold: tau decides
     what stays (no budget, no quotas); otherwise quota mode keeps exactly K tokens, which needs
-    clips x anchors <= K <= frames x anchors."""
+    clips x anchors <= K <= frames x anchors. With neither clips, clip_len nor num_anchors (quota
+    mode), `auto_clips` picks both; where it cannot, the growing clips above."""
     budget = token_budget(frames, tokens, retention)
     auto_len = clips is None and clip_len is None and grow_clips
+    picked = None
+    if auto_len and num_anchors is None:
+        picked = auto_clips(budget, frames, tokens,
+                            AUTO_ANCHOR_SHARE if anchor_share is None else anchor_share)
+    anchor_share = ANCHOR_SHARE if anchor_share is None else anchor_share
+    if picked is not None:
+        m, clip_len = picked
+        plan_clips = uniform_clips(frames, clip_len)
+        if threshold:
+            return Plan(m, plan_clips, None, None)
+        return Plan(m, plan_clips, budget, dynamic_quotas(budget, plan_clips, m, frames))
     clip_len = min(DEFAULT_CLIP_LEN, frames) if auto_len else clip_len
     while True:
         plan_clips = clips if clips is not None else uniform_clips(frames, clip_len)
