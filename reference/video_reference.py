@@ -17,8 +17,9 @@ def even_split(total, parts):
 def default_plan(frames, tokens, retention, clip_len=None, num_anchors=None, threshold=False,
                  anchor_share=None):
     """[decided] defaults. With neither clip_len nor num_anchors: M = round(7/10 N) (half up),
-    c = round(anchor_share K / M) (None: 1/2) clips (in [1, F]) of ceil(F / c) frames, M clamped to
-    [ceil(K / F), min(N, floor(K / c'))] for the c' clips cut. Otherwise (or where that is
+    c = round(anchor_share K / M) (None: 1/2) clips (in [1, F]) of ceil(F / c) frames, then
+    M = min(M, floor((1 + share) K / (2 c'))) clamped to [ceil(K / F), min(N, floor(K / c'))]
+    for the c' clips cut. Otherwise (or where that is
     infeasible): clips of 8 frames (grown until feasible when clip_len is None) and
     M = floor(anchor_share K / c) clamped to [ceil(K / F), min(N, floor(K / c))], the share as
     an exact fraction (None: 4/5). Returns (M, clips)."""
@@ -30,8 +31,9 @@ def default_plan(frames, tokens, retention, clip_len=None, num_anchors=None, thr
         length = int(np.ceil(frames / c))
         clips = uniform_clips(frames, length)
         low, high = int(np.ceil(budget / frames)), min(tokens, budget // len(clips))
+        cap = int(np.floor((1 + share) * budget / (2 * len(clips))))
         if low <= high:
-            return min(max(target, low), high), clips
+            return min(max(min(target, cap), low), high), clips
     anchor_share = 0.8 if anchor_share is None else anchor_share
     length = min(8, frames) if clip_len is None else clip_len
     while True:

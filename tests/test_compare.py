@@ -35,6 +35,21 @@ def test_band_is_min_max_of_random_over_seeds_and_random_sits_inside():
     assert band["reconstruction"] == pytest.approx((min(means), max(means)))
 
 
+def test_the_summary_keeps_the_retention_given_over_any_number_of_videos():
+    """A mean of three 0.1s is not 0.1 in floating point: the summary (and the printed table,
+    which looks its rows up by retention) must keep the retention it was given."""
+    from dataclasses import replace
+
+    three = cases() + [replace(cases()[0], name="v2")]
+    result = compare.run(three, [0.1, 0.25], compare.variants(["random"], ot_merge=False),
+                         seeds=2, progress=False, reader=False)
+    assert sorted(r["retention"] for r in result["summary"]) == [0.1, 0.25]
+    text = compare.report(result)
+    rows = [line for line in text.splitlines() if line.strip().startswith("random ")
+            and "band" not in line]
+    assert len(rows) == 2, text  # one table row per retention
+
+
 def test_marks():
     assert compare.mark(0.5, (0.4, 0.6)) == "~"
     assert compare.mark(0.7, (0.4, 0.6)) == "+"

@@ -76,3 +76,32 @@ def test_bad_arguments_are_named():
         videos.load("demo", frames=2.5)
     with pytest.raises(ValueError, match="needle"):
         videos.load("needle", frames=10)
+
+
+def test_ball_is_a_small_object_moving_over_a_still_shot():
+    v = videos.load("ball", dim=D)
+    size = videos.SIZE
+    yy, xx = np.mgrid[0:size, 0:size]
+    for t in (0, 15, 31):
+        cy, cx = videos.ball_centre(t)
+        assert 0 <= cy - videos.BALL_RADIUS and cy + videos.BALL_RADIUS < size  # inside
+        assert 0 <= cx - videos.BALL_RADIUS and cx + videos.BALL_RADIUS < size
+        r, g, b = v.pixels[t, int(cy), int(cx)]
+        assert b > 0.8 and b > 2 * r  # blue at its centre
+    (y0, x0), (y1, x1) = videos.ball_centre(0), videos.ball_centre(1)
+    far = ((yy - y0) ** 2 + (xx - x0) ** 2 > 40 ** 2) & ((yy - y1) ** 2 + (xx - x1) ** 2 > 40 ** 2)
+    assert np.abs(v.pixels[1][far] - v.pixels[0][far]).max() < 0.05  # the rest stays still
+    assert 0.3 < np.hypot(y1 - y0, x1 - x0) / 16 < 0.6  # under a patch per frame
+    # in tokens: the ball's cell changes when the ball arrives, a far cell stays put
+    cell = lambda y, x: int(y // 16) * 14 + int(x // 16)
+    x = F.normalize(v.features, dim=-1)
+    t = 15
+    here = cell(*videos.ball_centre(t))
+    assert (x[t, here] * x[0, here]).sum() < 0.9
+    assert (x[t, cell(200, 20)] * x[0, cell(200, 20)]).sum() > 0.95
+    # a longer video keeps the ball inside to its last frame
+    long = videos.load("ball", dim=D, frames=64)
+    cy, cx = videos.ball_centre(63, 64)
+    assert cy + videos.BALL_RADIUS < size and cx + videos.BALL_RADIUS < size
+    r, g, b = long.pixels[63, int(cy), int(cx)]
+    assert b > 0.8 and b > 2 * r

@@ -256,7 +256,10 @@ def run(cases: Sequence[Case], retentions: Sequence[float], chosen: Iterable[Var
         for label, _, _ in chosen:
             mine = [r for r in rows if r["reducer"] == label and r["retention"] == retention]
             done = [r for r in mine if "error" not in r]
-            values = _mean([{k: v for k, v in r.items() if isinstance(v, float) or k == "tokens"}
+            # the proxies, tokens and ms averaged; retention is the key, never a mean (the mean
+            # of six 0.1s is 0.09999999999999999, and the table then finds no row)
+            values = _mean([{k: v for k, v in r.items()
+                             if k != "retention" and (isinstance(v, float) or k == "tokens")}
                             for r in done]) if done else {}
             summary.append({"reducer": label, "retention": retention, **values,
                             "skipped": [r["video"] for r in mine if "error" in r]})

@@ -16,6 +16,8 @@ returns a `BuiltinVideo`; `NAMES` lists them:
   1.2 patches, per frame).
 - cuts: four shots (`astronaut`, `coffee`, `chelsea`, `rocket`), each with a slow zoom or pan,
   cut at frames 6, 13 and 23 (none on an 8-frame clip boundary).
+- ball: a small moving object, a shaded ball of radius 14 pixels (about 2 x 2 tokens) crossing
+  a still shot of `coffee` on a diagonal at about 7 pixels per frame (`ball_centre`).
 - needle: a slow zoom into `chelsea` with four small patterned patches (checker, rows,
   columns, diagonal) in saturated colours, one patch each, each in 2-3 frames only (NEEDLES: frames 3-5, 11-12, 17-19, 26-27); `needle`
   holds their 10 flat token indices t * 196 + n.
@@ -191,11 +193,42 @@ def _needle_pixels(frames: int):
     return pixels, [], torch.tensor(idx, dtype=torch.long)
 
 
+# The small moving object: a shaded ball of BALL_RADIUS pixels (about 2 x 2 tokens) crossing a
+# still shot of `coffee` on a diagonal, about 7 pixels (0.45 patch) per frame.
+BALL_RADIUS = 14
+
+
+def ball_centre(t: int, frames: int = FRAMES) -> Tuple[float, float]:
+    """(row, col) in pixels of the ball's centre in frame t of `frames`: the same diagonal for
+    any length (about 7 pixels per frame at 32 frames), inside the frame throughout."""
+    step = t * 31 / max(frames - 1, 1)  # exactly t at 32 frames
+    return 36.0 + 4.8 * step, 30.0 + 5.4 * step
+
+
+def _ball_pixels(frames: int):
+    still = _resize(_photos()["coffee"], 20, 120, 360, 360)
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(float)
+    out = []
+    for t in range(frames):
+        frame = np.clip(still + rng.normal(0, 0.005, still.shape), 0, 1)
+        cy, cx = ball_centre(t, frames)
+        d2 = ((yy - cy) ** 2 + (xx - cx) ** 2) / BALL_RADIUS ** 2
+        inside = d2 <= 1.0
+        # a blue ball with a highlight: a colour no part of the background has
+        light = np.clip(1.0 - 0.5 * d2 + 0.5 * np.exp(-((yy - cy + 5) ** 2 + (xx - cx + 5) ** 2) / 20.0),
+                        0, 1)
+        frame[inside] = np.stack([0.15 * light, 0.45 * light, light], axis=-1)[inside]
+        out.append(frame)
+    return np.stack(out), [], None
+
+
 _MAKERS: Dict[str, Tuple[Callable, str]] = {
     "demo": (_demo_pixels, "zoom into astronaut, cut at frame 20, slow pan across coffee"),
     "static": (_static_pixels, "chelsea, nearly static (1.5 px drift, 1% noise)"),
     "pan": (_pan_pixels, "fast pan across rocket | coffee (1.2 patches per frame)"),
     "cuts": (_cuts_pixels, "four shots, cuts at frames 6, 13, 23"),
+    "ball": (_ball_pixels, "a small ball (about 2 x 2 tokens) crossing a still shot of coffee, 0.45 patch per frame"),
     "needle": (_needle_pixels, "chelsea with four one-patch patterns (checker, rows, columns, diagonal), 2-3 frames each"),
 }
 NAMES = tuple(_MAKERS)

@@ -59,16 +59,19 @@ class AOTReducer:
     Budget. Quota mode (tau=None, default) returns exactly K = round(retention F N) tokens:
     c clips x M anchors plus K - c M dynamic tokens over the clips' later frames.
     Threshold mode (tau in [0, 1]) keeps every token whose best assignment probability is < tau.
-    Defaults adapt to any F, N and retention. With clip_len and num_anchors unset, each clip's
-    first frame keeps M = round(0.7 N) anchors and the anchors take `anchor_share` of the budget
-    (None: 0.5 here, 0.8 with clips given), which sets the clip count
-    c = round(anchor_share K / M), clips of ceil(F / c) frames (M then clamped to the budget): 32 x 196 at 10% gives 2 clips of 16 frames, M = 137;
-    at 25%, 6 clips of 6. Chosen on DINOv2 tokens by the reader proxy (benchmarks/FIDELITY.md);
-    the paper's 8-frame clips with ~80% of the budget in anchors put each clip's first frame far
-    above its share of the video. With clip_len given, M = floor(anchor_share K / c) (None: 0.8,
-    the paper's 126 anchors in 8-frame clips at 10%: 125) clamped to
-    [ceil(K / F), min(N, floor(K / c))]; with num_anchors given, clips start at 8 frames and grow
-    until the budget is feasible.
+    Defaults adapt to any F, N and retention. With clip_len and num_anchors unset (uniform
+    segmentation), each clip's first frame keeps M = round(0.7 N) anchors and the anchors take
+    about `anchor_share` of the budget (None: 0.5), which sets the clip length: c =
+    round(anchor_share K / M), clips of ceil(F / c) frames (M then capped at (1 + share) / 2 of
+    the budget and clamped to it; `planning.auto_clips`). 32 x 196 at 10%: 2 clips of 16
+    frames, M = 137; at 25%: clips of 6 frames (five, and one of 2), M = 137. Chosen on DINOv2
+    tokens by the reader proxy (benchmarks/FIDELITY.md); the paper's 8-frame clips with ~80% of
+    the budget in anchors put each clip's first frame far above its share of the video. So
+    anchor_share alone changes the clip count, not M; `clip_len=8` gives the previous default.
+    With clip_len given (or DySeg's clips, or where that rule is infeasible): M =
+    floor(anchor_share K / c) (None: 0.8; the paper's 126 anchors in 8-frame clips at 10%: 125)
+    clamped to [ceil(K / F), min(N, floor(K / c))], the clips growing from 8 frames until the
+    budget is feasible when clip_len is unset; with num_anchors given, likewise.
     segmentation="dynamic" cuts clips with FastVID's DySeg on the frames' mean tokens
     (num_clips, seg_threshold) instead of every clip_len frames. quota (None: "adaptive" in
     quota mode; threshold mode takes none): "uniform" spreads the

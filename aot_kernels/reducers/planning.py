@@ -18,7 +18,8 @@ from .selection import even_split
 from .video import Clip, token_budget
 
 DEFAULT_CLIP_LEN = 8
-# Anchors' share of the budget when the clips are given (clip_len, DySeg): ~80%, the paper's
+# Anchors' share of the budget when the clips are given (clip_len, DySeg), and where
+# `auto_clips` is infeasible: ~80%, the paper's
 # LLaVA-OneVision-7B setting (32 frames, 10%, 126 anchors, 8-frame clips: 504 of 627 tokens).
 ANCHOR_SHARE = 0.8
 # With clips and anchors left unset (measured on DINOv2 tokens by the reader proxy,
@@ -64,9 +65,13 @@ def _round(x: Fraction) -> int:
 
 
 def auto_clips(budget: int, frames: int, tokens: int, share: float = AUTO_ANCHOR_SHARE):
-    """(M, clip_len) when neither clips nor anchors are given (None: infeasible): M the
-    FRAME_ANCHOR_SHARE of a frame's tokens, c = round(share K / M) clips of ceil(F / c) frames,
-    then M clamped to [ceil(K / F), min(N, floor(K / c))] for the clips actually cut."""
+    """(M, clip_len) when neither clips nor anchors are given (None: infeasible).
+
+    The target M0 = round(FRAME_ANCHOR_SHARE N) (half up); c = round(share K / M0) in [1, F];
+    clips of ceil(F / c) frames, which cuts c' = ceil(F / ceil(F / c)) <= c clips. Then
+    M = min(M0, floor((1 + share) / 2 K / c')) clamped to [ceil(K / F), min(N, floor(K / c'))]:
+    the cap keeps the anchors from taking the whole budget when K is small (32 x 196 at 1%: one
+    clip, M = 47 of K = 63, not 63 and no dynamic token)."""
     target = max(1, _round(FRAME_ANCHOR_SHARE * tokens))
     share = Fraction(share).limit_denominator(10 ** 6)
     c = min(frames, max(1, _round(share * budget / target)))
@@ -75,7 +80,8 @@ def auto_clips(budget: int, frames: int, tokens: int, share: float = AUTO_ANCHOR
     low, high = -(-budget // frames), min(tokens, budget // c)
     if low > high:
         return None
-    return min(max(target, low), high), clip_len
+    cap = (1 + share) * budget // (2 * c)
+    return min(max(min(target, cap), low), high), clip_len
 
 
 def later_frames(clips: Sequence[Clip]) -> List[int]:
@@ -109,8 +115,9 @@ def plan(frames: int, tokens: int, retention: float, *, num_anchors: Optional[in
     feasible. num_anchors: M, else `default_anchors` with anchor_share (None: ANCHOR_SHARE
     with given clips, AUTO_ANCHOR_SHARE in `auto_clips`). threshold: tau decides
     what stays (no budget, no quotas); otherwise quota mode keeps exactly K tokens, which needs
-    clips x anchors <= K <= frames x anchors. With neither clips, clip_len nor num_anchors (quota
-    mode), `auto_clips` picks both; where it cannot, the growing clips above."""
+    clips x anchors <= K <= frames x anchors. With neither clips, clip_len nor num_anchors (and
+    grow_clips), `auto_clips` picks both, in either mode; where it cannot, the growing clips
+    above, with ANCHOR_SHARE."""
     budget = token_budget(frames, tokens, retention)
     auto_len = clips is None and clip_len is None and grow_clips
     picked = None
