@@ -52,12 +52,15 @@ def default_anchors(budget: int, frames: int, clips: int, tokens: int,
     (c M) fit in K, and the later frames' M tokens each can hold the K - c M dynamic slots.
     The share is taken as an exact fraction (0.8 = 4/5), so no float rounding moves M.
     """
-    low = -(-budget // frames)
-    high = min(tokens, budget // clips)
-    if low > high:
-        return None
     share = Fraction(share).limit_denominator(10 ** 6)
-    return min(max(share.numerator * budget // (share.denominator * clips), low), high)
+    return _clamped(share.numerator * budget // (share.denominator * clips), budget, frames,
+                    clips, tokens)
+
+
+def _clamped(m: int, budget: int, frames: int, clips: int, tokens: int) -> Optional[int]:
+    """m clamped to [ceil(K / F), min(N, floor(K / c))] (None when that range is empty)."""
+    low, high = -(-budget // frames), min(tokens, budget // clips)
+    return None if low > high else min(max(m, low), high)
 
 
 def _round(x: Fraction) -> int:
@@ -77,11 +80,8 @@ def auto_clips(budget: int, frames: int, tokens: int, share: float = AUTO_ANCHOR
     c = min(frames, max(1, _round(share * budget / target)))
     clip_len = -(-frames // c)
     c = -(-frames // clip_len)
-    low, high = -(-budget // frames), min(tokens, budget // c)
-    if low > high:
-        return None
-    cap = (1 + share) * budget // (2 * c)
-    return min(max(min(target, cap), low), high), clip_len
+    m = _clamped(min(target, (1 + share) * budget // (2 * c)), budget, frames, c, tokens)
+    return None if m is None else (m, clip_len)
 
 
 def later_frames(clips: Sequence[Clip]) -> List[int]:
@@ -103,34 +103,11 @@ def dynamic_quotas(budget: int, clips: Sequence[Clip], anchors: int, frames: int
     return quota
 
 
-def plan(frames: int, tokens: int, retention: float, *, num_anchors: Optional[int] = None,
-         clip_len: Optional[int] = None, anchor_share: Optional[float] = None,
-         threshold: bool = False, clips: Optional[List[Clip]] = None,
-         grow_clips: bool = True) -> Plan:
-    """The plan of an F x N video (frames x tokens) at `retention` (ValueError if the budget
-    cannot be met).
-
-    clips: given clips (e.g. DySeg's), else uniform clips of clip_len frames; with neither
-    (and grow_clips) clips start at DEFAULT_CLIP_LEN frames and grow until the budget is
-    feasible. num_anchors: M, else `default_anchors` with anchor_share (None: ANCHOR_SHARE
-    with given clips, AUTO_ANCHOR_SHARE in `auto_clips`). threshold: tau decides
-    what stays (no budget, no quotas); otherwise quota mode keeps exactly K tokens, which needs
-    clips x anchors <= K <= frames x anchors. With neither clips, clip_len nor num_anchors (and
-    grow_clips), `auto_clips` picks both, in either mode; where it cannot, the growing clips
-    above, with ANCHOR_SHARE."""
-    budget = token_budget(frames, tokens, retention)
-    auto_len = clips is None and clip_len is None and grow_clips
-    picked = None
-    if auto_len and num_anchors is None:
-        picked = auto_clips(budget, frames, tokens,
-                            AUTO_ANCHOR_SHARE if anchor_share is None else anchor_share)
-    anchor_share = ANCHOR_SHARE if anchor_share is None else anchor_share
-    if picked is not None:
-        m, clip_len = picked
-        plan_clips = uniform_clips(frames, clip_len)
-        if threshold:
-            return Plan(m, plan_clips, None, None)
-        return Plan(m, plan_clips, budget, dynamic_quotas(budget, plan_clips, m, frames))
+def _grown_plan(frames, tokens, retention, budget, num_anchors, clip_len, anchor_share,
+                threshold, clips, auto_len):
+    """(M, clips) by the share rule: the given clips, or uniform clips of clip_len frames, or
+    (auto_len) clips from DEFAULT_CLIP_LEN frames grown until the budget is feasible; ValueError
+    naming why when it is not."""
     clip_len = min(DEFAULT_CLIP_LEN, frames) if auto_len else clip_len
     while True:
         plan_clips = clips if clips is not None else uniform_clips(frames, clip_len)
@@ -154,6 +131,36 @@ def plan(frames: int, tokens: int, retention: float, *, num_anchors: Optional[in
             f"budget impossible: retention {retention} keeps K={budget} tokens of a "
             f"{frames}x{tokens} video, but {why}; quota mode needs clips x anchors <= K <= "
             f"frames x anchors (change num_anchors, clip_len or retention)")
+    return m, plan_clips
+
+
+def plan(frames: int, tokens: int, retention: float, *, num_anchors: Optional[int] = None,
+         clip_len: Optional[int] = None, anchor_share: Optional[float] = None,
+         threshold: bool = False, clips: Optional[List[Clip]] = None,
+         grow_clips: bool = True) -> Plan:
+    """The plan of an F x N video (frames x tokens) at `retention` (ValueError if the budget
+    cannot be met).
+
+    clips: given clips (e.g. DySeg's), else uniform clips of clip_len frames; with neither
+    (and grow_clips) clips start at DEFAULT_CLIP_LEN frames and grow until the budget is
+    feasible. num_anchors: M, else `default_anchors` with anchor_share (None: ANCHOR_SHARE
+    with given clips, AUTO_ANCHOR_SHARE in `auto_clips`). threshold: tau decides
+    what stays (no budget, no quotas); otherwise quota mode keeps exactly K tokens, which needs
+    clips x anchors <= K <= frames x anchors. With neither clips, clip_len nor num_anchors (and
+    grow_clips), `auto_clips` picks both, in either mode; where it cannot, `_grown_plan`
+    with ANCHOR_SHARE."""
+    budget = token_budget(frames, tokens, retention)
+    auto_len = clips is None and clip_len is None and grow_clips
+    picked = None
+    if auto_len and num_anchors is None:
+        picked = auto_clips(budget, frames, tokens,
+                            AUTO_ANCHOR_SHARE if anchor_share is None else anchor_share)
+    if picked is not None:
+        m, plan_clips = picked[0], uniform_clips(frames, picked[1])
+    else:
+        m, plan_clips = _grown_plan(frames, tokens, retention, budget, num_anchors, clip_len,
+                                    ANCHOR_SHARE if anchor_share is None else anchor_share,
+                                    threshold, clips, auto_len)
     if threshold:
         return Plan(m, plan_clips, None, None)
     return Plan(m, plan_clips, budget, dynamic_quotas(budget, plan_clips, m, frames))
