@@ -262,7 +262,7 @@ def merged_sizes(sizes: torch.Tensor, mass: torch.Tensor, carried: torch.Tensor,
 
 
 def clip_aggregate(frames, lengths, sizes, anchor_weight, eps, lam, max_iter, tol, tau=None,
-                   keep=None, replay=None):
+                   keep=None, replay=None, trace=None):
     """Same contract and outputs as torch.ops.aot.clip_aggregate, in plain torch: one batched
     step over all clips per frame index; a clip past its length gets its anchors as sources
     and zero weights, so no step reads padding and nothing depends on values on the host
@@ -270,7 +270,9 @@ def clip_aggregate(frames, lengths, sizes, anchor_weight, eps, lam, max_iter, to
 
     replay=(potentials, kept): instead of solving, step l takes its potentials from
     potentials(l, cost) -> (f, g) and its dynamic tokens from kept [C,L,M] (the op's backward
-    replays a solved scan this way, with implicit gradients).
+    replays a solved scan this way, with implicit gradients). trace: a list that receives each
+    step's merge weights [C,M,M] (p_ij on the merged tokens, 0 on finished clips; reducers
+    record a reduction's operator this way).
     """
     c, length, m, _ = frames.shape
     dev = frames.device
@@ -306,6 +308,8 @@ def clip_aggregate(frames, lengths, sizes, anchor_weight, eps, lam, max_iter, to
             chosen = select_kept(q, s, keep=count)
         chosen = chosen & live
         weight = merge_weights(transport, s, chosen) * live.unsqueeze(2)
+        if trace is not None:
+            trace.append(weight)
         tokens, mass = fold(anchors, y, weight, lam)
         anchors = torch.where(live.unsqueeze(2), tokens, anchors)
         merged = torch.where(live, sizes[:, step], 0.0).to(acc)  # padding may hold anything

@@ -12,12 +12,12 @@ from typing import Dict, List, Optional, Tuple
 
 from ..ops import validate
 from .clips import DYNAMIC_NUM_CLIPS, DYNAMIC_THRESHOLD, dynamic_clips
-from .inter import QUOTAS, inter_frame
+from .inter import QUOTAS, clip_weights, inter_frame
 from .intra import intra_frame
 from .layout import assemble
 from .planning import MARGINALS, Clock, OTSettings, Plan, plan as plan_video
 from .video import (Clip, IndexCache, ReducedVideo, Video, as_videos, finish, grid_of,
-                    retention as check_retention)
+                    map_precision, retention as check_retention)
 
 # The paper's OT settings (SPEC §6), which the presets keep; AOTReducer()'s defaults differ
 # (chosen by measurement, benchmarks/FIDELITY.md).
@@ -102,6 +102,12 @@ class AOTReducer:
     values. Shapes and types are always checked. Threshold mode syncs once more (to count each
     clip's dynamic tokens), segmentation="dynamic" whenever it cuts clips (the cuts depend on
     the features), profile=True at every stage.
+
+    return_map=True (call): the result's `token_map` / `apply(values)` reduce any other
+    per-token tensor [F,N,*] (DeepStack features, SPEC §11) with the same selections and merge
+    weights: both stages' plans are kept (the intra fold's, and each clip step's replayed from
+    the solved potentials when lam_inter > 0). fp16/bf16 inputs are then reduced in float32
+    (the tokens come back in their dtype).
     """
 
     def __init__(self, retention: float = 0.10, *, num_anchors: Optional[int] = None,
@@ -209,19 +215,21 @@ class AOTReducer:
                           grow_clips=self.segmentation == "uniform")
 
     # ---- reduction ---------------------------------------------------------------------------
-    def __call__(self, features, scores, local_scores=None, *, grid=None):
+    def __call__(self, features, scores, local_scores=None, *, grid=None, return_map=False):
         videos, form = as_videos(features, scores, local_scores, self.check_values)
         if any(v.scores is None for v in videos):
             raise ValueError("AOTReducer needs scores [F, N] for every video")
+        videos, dtype = map_precision(videos, return_map)
         if form == "batch" and self.tau is not None:
             raise ValueError("threshold mode (tau) keeps a data-dependent number of tokens per "
                              "video: pass a list of videos instead of a [B, F, N, D] batch")
         n = videos[0].features.shape[1]
         hw = grid_of(grid if grid is not None else self.grid, n)
         plans = [self.plan(v.frames, n, self._dynamic_clips(v)) for v in videos]
-        return finish(self._reduce(videos, plans, hw), form)
+        return finish(self._reduce(videos, plans, hw, return_map), form, dtype)
 
-    def _reduce(self, videos: List[Video], plans: List[Plan], hw) -> List[ReducedVideo]:
+    def _reduce(self, videos: List[Video], plans: List[Plan], hw, return_map: bool = False
+                ) -> List[ReducedVideo]:
         n = videos[0].features.shape[1]
         clock = Clock(self.profile, videos[0].features.device)
         ot = OTSettings(self.eps, self.max_iter, self.tol, self.marginals, self.backend)
@@ -230,18 +238,24 @@ class AOTReducer:
             members = [b for b, p in enumerate(plans) if p.anchors == m]
             group = [plans[b] for b in members]
             intra = intra_frame([videos[b] for b in members], m, hw, windows=self.windows, ot=ot,
-                                lam=self.lam_intra, clock=clock)
+                                lam=self.lam_intra, clock=clock, return_plan=return_map)
             inter = inter_frame(intra, group, ot=ot, lam=self.lam_inter, tau=self.tau,
                                 quota=self.quota, content_share=self.content_share,
                                 cache=self._cache)
-            parts.update(zip(members, assemble(inter, group, n)))
+            if return_map:
+                c = inter.frames.shape[0]
+                q = None if self.lam_inter == 0 else clip_weights(
+                    inter, self.lam_inter, self.eps, ot.anchor_weight(c, m, inter.frames))
+                parts.update(zip(members, assemble(inter, group, n, intra, self.lam_intra, q)))
+            else:
+                parts.update(zip(members, assemble(inter, group, n)))
             clock.tick("inter_ms")
         results = []
         for b, p in enumerate(plans):
-            toks, sizes, frame_ids, positions, dynamic = parts[b]
+            toks, sizes, frame_ids, positions, dynamic = parts[b][:5]
             frames = videos[b].frames
             stats = dict(clock.ms, tokens_in=frames * n, tokens_after_intra=frames * p.anchors,
                          tokens_out=len(toks), anchors_per_frame=p.anchors, clips=len(p.clips))
             results.append(ReducedVideo(toks, frame_ids, positions, sizes, dynamic, list(p.clips),
-                                        hw, stats))
+                                        hw, stats, parts[b][5] if return_map else None))
         return results

@@ -16,10 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from ..ops import validate
+from ..ops import composite
 from ..ops.api import sinkhorn_aggregate
 from ..ops.composite import merged_sizes
 from .selection import select_anchors
-from .video import ReducedVideo, Video, as_videos, grid_of, size_dtype
+from .token_map import Mix, Take, TokenMap, fold_weights
+from .video import ReducedVideo, Video, as_videos, finish, grid_of, map_precision, size_dtype
 
 POOLS = ("bilinear", "average")
 SPATIAL_WEIGHT = 0.5  # §8.4
@@ -126,6 +128,10 @@ class AuthorsAOTReducer:
     Each stage is one batched call over every frame of every video, each clip step one over
     every clip; the token counts are data, so the call reads them from the device (one host
     read after pooling, one per clip step and one for the output layout).
+    return_map=True (call): `token_map` / `apply(values)` reduce any other tensor on the
+    un-pooled grid [F,h*w,*] the same way: the intra-frame fold and blend (their plans and
+    nearest anchors), the model's pooling (its fixed bilinear or average weights), the same
+    kept cells and each clip step's merge weights (fp16/bf16 then reduced in float32).
     """
 
     def __init__(self, anchors: int = 126, *, keep_ratio: float = 0.3, clip_len=4,
@@ -171,21 +177,23 @@ class AuthorsAOTReducer:
         return (f"AuthorsAOTReducer(anchors={self.anchors}, keep_ratio={self.keep_ratio}, "
                 f"clip_len={self.clip_len}, pool={self.pool!r}, inter={self.inter})")
 
-    def __call__(self, features, scores, local_scores=None, *, grid=None):
+    def __call__(self, features, scores, local_scores=None, *, grid=None, return_map=False):
         videos, form = as_videos(features, scores, local_scores, self.check_values)
         if any(v.scores is None for v in videos):
             raise ValueError("AuthorsAOTReducer needs scores [F, N] for every video")
+        videos, dtype = map_precision(videos, return_map)
         n = videos[0].features.shape[1]
         hw = grid_of(grid if grid is not None else self.grid, n)
         if hw[0] < 2 or hw[1] < 2:
             raise ValueError(f"grid {hw} is too small to pool 2x2")
-        results = self._reduce(videos, hw)
-        return results[0] if form == "single" else results
+        results = self._reduce(videos, hw, return_map)
+        return finish(results, "single" if form == "single" else "list", dtype)
 
     # ---- stages ------------------------------------------------------------------------------
-    def _intra(self, feats: torch.Tensor, scores, local, hw):
+    def _intra(self, feats: torch.Tensor, scores, local, hw, return_map: bool = False):
         """Stages 1-2 for all frames G at once: the maps [G,N,D] with the anchors updated in
-        place, and the anchor mask [G,N]."""
+        place, the anchor mask [G,N], and (return_map) the pooled cells' weights over each
+        frame's tokens [G,P,N] (else None)."""
         picked = select_anchors(scores, local, grid=hw, windows=self.windows,
                                 num_anchors=self.anchors, check_values=False,
                                 window_rule="released")
@@ -194,22 +202,42 @@ class AuthorsAOTReducer:
         pos = grid_positions(hw, feats.device, cd)
         take = lambda t, idx: t.gather(1, idx.unsqueeze(2).expand(-1, -1, t.shape[2]))  # noqa: E731
         maps = feats.clone()
+        own = torch.zeros(g, picked.anchors.shape[1], n, dtype=cd, device=feats.device)
+        own.scatter_(2, picked.anchors.unsqueeze(2), 1.0)  # each anchor row: itself
+        rows = own
         if picked.sources.shape[1]:
+            x, y = take(feats, picked.anchors), take(feats, picked.sources)
             out = sinkhorn_aggregate(
-                take(feats, picked.anchors), take(feats, picked.sources),
-                anchor_pos=pos[picked.anchors], source_pos=pos[picked.sources],
+                x, y, anchor_pos=pos[picked.anchors], source_pos=pos[picked.sources],
                 spatial=self.spatial, stop="scaling", eps=self.eps, max_iter=self.max_iter,
-                tol=self.tol, nn_blend=self.nn_blend, backend=self.backend, check_values=False)
+                tol=self.tol, nn_blend=self.nn_blend, backend=self.backend, check_values=False,
+                return_plan=return_map)
             maps.scatter_(1, picked.anchors.unsqueeze(2).expand(-1, -1, d), out.tokens)
+            if return_map:  # (1 - b) Eq. 11's fold + b x_NN, both weighted means (§8.5)
+                semantic = composite.cosine_cost(x.to(cd), y.to(cd))
+                near = composite.nearest_anchor(semantic, torch.ones_like(semantic[:, :, 0]))
+                member = torch.zeros_like(semantic).scatter_(1, near.unsqueeze(1), 1.0)
+                blend = ((1 - self.nn_blend) * fold_weights(out.plan.to(cd), 1.0)
+                         + self.nn_blend * fold_weights(member, 1.0))
+                index = torch.cat([picked.anchors, picked.sources], 1)
+                rows = torch.zeros_like(own).scatter_(2, index.unsqueeze(1).expand_as(blend),
+                                                      blend)
         mask = torch.zeros(g, n, dtype=cd, device=feats.device).scatter_(1, picked.anchors, 1.0)
-        return maps, mask
+        if not return_map:
+            return maps, mask, None
+        # The pooling is linear: the pooled cells' weights over the raw maps (P x N), and each
+        # anchor's raw value replaced by its row: W = P + P[:, anchors] (rows - own).
+        pool = pool_maps(torch.eye(n, dtype=cd, device=feats.device).view(1, *hw, n),
+                         self.pool).reshape(-1, n)
+        at_anchors = pool[:, picked.anchors].permute(1, 0, 2)  # [G,P,M]
+        return maps, mask, pool.unsqueeze(0) + torch.bmm(at_anchors, rows - own)
 
-    def _reduce(self, videos: List[Video], hw) -> List[ReducedVideo]:
+    def _reduce(self, videos: List[Video], hw, return_map: bool = False) -> List[ReducedVideo]:
         feats = torch.cat([v.features for v in videos])
         scores = torch.cat([v.scores for v in videos])
         local = torch.cat([v.scores if v.local_scores is None else v.local_scores for v in videos])
-        maps, mask = self._intra(feats, scores, local, hw)
-        g, _, d = maps.shape
+        maps, mask, pooled_weights = self._intra(feats, scores, local, hw, return_map)
+        g, n, d = maps.shape
         pooled = pool_maps(maps.view(g, hw[0], hw[1], d), self.pool)
         grid_out = tuple(pooled.shape[1:3])
         per_frame = grid_out[0] * grid_out[1]
@@ -226,11 +254,14 @@ class AuthorsAOTReducer:
             spans = [[(0, e - s)] for s, e in zip(starts[:-1], starts[1:])]
             flags = [[False] * len(r) for r in rows]
             return self._assemble(tokens, index, None, None, rows, flags, starts, spans,
-                                  per_frame, grid_out)
-        return self._inter(tokens, index, real, counts, starts, per_frame, grid_out)
+                                  per_frame, grid_out, pooled_weights=pooled_weights, n=n)
+        return self._inter(tokens, index, real, counts, starts, per_frame, grid_out,
+                           pooled_weights, n)
 
-    def _inter(self, tokens, index, real, counts, starts, per_frame, grid_out):
-        """Stage 3: every clip of every video, one batched call per clip step."""
+    def _inter(self, tokens, index, real, counts, starts, per_frame, grid_out,
+               pooled_weights=None, n=None):
+        """Stage 3: every clip of every video, one batched call per clip step. pooled_weights
+        (return_map): also each clip's anchors as weights over its frames' kept slots."""
         clips = []
         for b in range(len(starts) - 1):
             frames = starts[b + 1] - starts[b]
@@ -245,6 +276,10 @@ class AuthorsAOTReducer:
         anchor_sizes = anchor_real.to(sdt)
         dynamic = {}  # (clip, step) -> dynamic flags of the frame's kept slots, on the host
         longest = max(e - s for _, s, e in clips)
+        k_max = tokens.shape[1]
+        if pooled_weights is not None:  # clip c's anchors over its frames' slots [C,K,L*K]
+            eye = torch.eye(k_max, dtype=wdt, device=tokens.device).expand(len(clips), -1, -1)
+            blocks = [eye] + [eye.new_zeros(eye.shape) for _ in range(1, longest)]
         for step in range(1, longest):
             # Clips that run this step: a later frame exists, and both sides have tokens.
             live = [c for c, (_, s, e) in enumerate(clips)
@@ -260,8 +295,14 @@ class AuthorsAOTReducer:
                 source_weight=real.index_select(0, frames).to(wdt),
                 eps=self.eps / time_factor(step), max_iter=self.max_iter, tol=self.tol,
                 stop="scaling", keep_quantile=self.keep_ratio, shift_min=True,
-                backend=self.backend, check_values=False)
+                backend=self.backend, check_values=False, return_plan=pooled_weights is not None)
             anchors = anchors.index_copy(0, at, out.tokens)
+            if pooled_weights is not None:  # Eq. 16 with lam 1 on the merge weights p_ij
+                w = composite.merge_weights(out.plan.to(wdt), real.index_select(0, frames).to(wdt),
+                                            out.kept)
+                weight = eye.new_zeros(eye.shape).index_copy(0, at, w)
+                norm = 1.0 + weight.sum(2, keepdim=True)
+                blocks = [b / norm for b in blocks[:step]] + [weight / norm] + blocks[step + 1:]
             # SPEC §9 with Eq. 16 (lam 1): merged pooled tokens count 1 each, so an anchor that
             # received P_j becomes 1 + P_j (merged_sizes with average size 1).
             mass = out.mass.to(sdt)
@@ -286,14 +327,19 @@ class AuthorsAOTReducer:
                 flags[b] += [True] * len(picked)
             rows[b] += [(None, (c, k)) for k in range(counts[s])]
             flags[b] += [False] * counts[s]
+        clip_q = None if pooled_weights is None else (torch.cat(blocks, 2), clips)
         return self._assemble(tokens, index, anchors, anchor_sizes, rows, flags, starts, spans,
-                              per_frame, grid_out, first=[s for _, s, _ in clips])
+                              per_frame, grid_out, first=[s for _, s, _ in clips],
+                              pooled_weights=pooled_weights, n=n, clip_q=clip_q)
 
     @staticmethod
     def _assemble(tokens, index, anchors, anchor_sizes, rows, flags, starts, spans, per_frame,
-                  grid_out, first=None) -> List[ReducedVideo]:
+                  grid_out, first=None, pooled_weights=None, n=None, clip_q=None
+                  ) -> List[ReducedVideo]:
         """One gather per output field over [kept tokens; merged anchors]: row (t, k) is frame t's
-        k-th kept token, (None, (c, k)) clip c's k-th merged anchor (at its first frame)."""
+        k-th kept token, (None, (c, k)) clip c's k-th merged anchor (at its first frame).
+        pooled_weights [G,P,N] (and clip_q: (weights [C,K,L*K], clips)): each video's TokenMap,
+        rows base1 + t*P + cell for its pooled cells, base2 + c*K + k for its clips' anchors."""
         g, k_max, d = tokens.shape
         dev = tokens.device
         table = tokens.reshape(g * k_max, d)
@@ -315,11 +361,41 @@ class AuthorsAOTReducer:
                 frame_ids.append(t - starts[b])
                 positions.append((t - starts[b]) * per_frame + index_host[t][k])
             at = torch.tensor(flat, dtype=torch.long, device=dev)
+            token_map = None
+            if pooled_weights is not None:
+                token_map = AuthorsAOTReducer._token_map(video_rows, starts[b], starts[b + 1],
+                                                         pooled_weights, index_host, per_frame,
+                                                         n, clip_q, first, k_max, dev)
             results.append(ReducedVideo(
                 table.index_select(0, at),
                 torch.tensor(frame_ids, dtype=torch.long, device=dev),
                 torch.tensor(positions, dtype=torch.long, device=dev),
                 sizes.index_select(0, at), torch.tensor(flags[b], dtype=torch.bool, device=dev),
                 spans[b], grid_out,
-                dict(tokens_out=len(flat), pooled_tokens_per_frame=per_frame)))
+                dict(tokens_out=len(flat), pooled_tokens_per_frame=per_frame), token_map))
         return results
+
+    @staticmethod
+    def _token_map(video_rows, start, end, pooled_weights, index_host, per_frame, n, clip_q,
+                   first, k_max, dev) -> TokenMap:
+        """One video's map (frames start..end of the stack): its pooled cells (Mix), its clips'
+        anchors over their frames' kept cells (Mix, with inter), then the output rows (Take)."""
+        frames = end - start
+        base1 = frames * n
+        base2 = base1 + frames * per_frame
+        cell = lambda t, k: base1 + (t - start) * per_frame + index_host[t][k]  # noqa: E731
+        starts = (torch.arange(frames, device=dev) * n).unsqueeze(1)
+        steps = [Mix(starts + torch.arange(n, device=dev), pooled_weights[start:end])]
+        own = []
+        if clip_q is not None:
+            weights, clips = clip_q
+            own = [c for c, (_, s, _) in enumerate(clips) if start <= s < end]
+            length = weights.shape[2] // k_max
+            slots = [[cell(min(clips[c][1] + step, clips[c][2] - 1), k)
+                      for step in range(length) for k in range(k_max)] for c in own]
+            steps.append(Mix(torch.tensor(slots, dtype=torch.long, device=dev),
+                             weights[own[0]:own[-1] + 1]))
+        take = [base2 + (k[0] - own[0]) * k_max + k[1] if t is None else cell(t, k)
+                for t, k in video_rows]
+        steps.append(Take(torch.tensor(take, dtype=torch.long, device=dev)))
+        return TokenMap(frames, n, steps)

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from ..ops import validate
 from ..ops.api import sinkhorn_aggregate
 from .selection import even_split
+from .token_map import Mix, Scatter, Take, TokenMap, fold_weights
 from .video import (Clip, ReducedVideo, Video, as_videos, finish, folded_sizes, grid_of,
-                     retention as check_retention, size_dtype, token_budget)
+                     map_precision, retention as check_retention, size_dtype, token_budget)
 
 MERGES = (None, "average", "ot")
 
@@ -63,6 +64,8 @@ class TokenReducer(ABC):
     AOTReducer: features [F,N,D] | [B,F,N,D] | list, scores [F,N] (needed by some), grid.
     check_values: NaN/inf in the features and scores (one host sync); False skips it. The
     baselines' selections read values (they wait for the device regardless).
+    return_map=True (call): the result's `token_map` / `apply` reduce any other per-token
+    tensor [F,N,*] with the same groups and weights (fp16/bf16 then reduced in float32).
     """
     name = "base"
     needs_scores = False
@@ -89,8 +92,9 @@ class TokenReducer(ABC):
     def groups(self, video: Video, grid: Tuple[int, int], frame_budget: List[int]) -> List[Group]:
         """The reducer's decision for one video: which tokens stay, which fold where."""
 
-    def __call__(self, features, scores=None, local_scores=None, *, grid=None):
+    def __call__(self, features, scores=None, local_scores=None, *, grid=None, return_map=False):
         videos, form = as_videos(features, scores, local_scores, self.check_values)
+        videos, dtype = map_precision(videos, return_map)
         if self.needs_scores and any(v.scores is None for v in videos):
             raise ValueError(f"the {self.name!r} reducer ranks tokens by scores: pass scores [F, N]")
         n = videos[0].features.shape[1]
@@ -98,10 +102,11 @@ class TokenReducer(ABC):
         out = []
         for v in videos:
             budget = even_split(token_budget(v.frames, n, self.retention), v.frames)
-            out.append(self._merge(v, hw, self.groups(v, hw, budget)))
-        return finish(out, form)
+            out.append(self._merge(v, hw, self.groups(v, hw, budget), return_map))
+        return finish(out, form, dtype)
 
-    def _merge(self, video: Video, grid, groups: List[Group]) -> ReducedVideo:
+    def _merge(self, video: Video, grid, groups: List[Group], return_map: bool = False
+               ) -> ReducedVideo:
         feats = video.features
         frames, n, d = feats.shape
         flat = feats.reshape(frames * n, d)
@@ -113,26 +118,33 @@ class TokenReducer(ABC):
         slot[kept] = torch.arange(len(kept), device=feats.device)
         sizes = torch.ones(len(kept), dtype=sdt, device=feats.device)
         tokens = flat[kept]
+        token_map = TokenMap(frames, n, [Take(kept)], sdt) if return_map else None
         if self.merge == "average":
             dropped = torch.cat([g.dropped for g in groups])
             target = slot[torch.cat([g.target for g in groups])]
             sums = tokens.to(sdt).index_add(0, target, flat[dropped].to(sdt))
             sizes = sizes.index_add(0, target, torch.ones(len(dropped), dtype=sdt, device=feats.device))
             tokens = (sums / sizes.unsqueeze(1)).to(feats.dtype)
+            if return_map:  # each kept token: the plain mean of itself and its members
+                rows = torch.cat([torch.arange(len(kept), device=feats.device), target])
+                token_map = TokenMap(frames, n, [Scatter(rows, torch.cat([kept, dropped]),
+                                                         1.0 / sizes[rows], len(kept))])
         elif self.merge == "ot":
-            tokens, sizes = self._fold_ot(flat, slot, tokens, sizes, groups)
+            tokens, sizes, token_map = self._fold_ot(flat, slot, tokens, sizes, groups,
+                                                     token_map)
         return ReducedVideo(tokens, kept // n, kept, sizes,
                             torch.zeros(len(kept), dtype=torch.bool, device=feats.device),
                             [g.frames for g in groups], grid,
-                            {"tokens_in": frames * n, "tokens_out": len(kept)})
+                            {"tokens_in": frames * n, "tokens_out": len(kept)}, token_map)
 
-    def _fold_ot(self, flat, slot, tokens, sizes, groups: List[Group]):
+    def _fold_ot(self, flat, slot, tokens, sizes, groups: List[Group], token_map=None):
         """merge="ot" (class docstring): one padded, batched sinkhorn_aggregate over every group,
         its receivers absorbing its dropped tokens (zero weight pads the ragged groups,
-        SPEC §2). The receivers are original tokens, so the fold is Eq. 11 with T = p."""
+        SPEC §2). The receivers are original tokens, so the fold is Eq. 11 with T = p.
+        token_map (the selection's map, or None): returned with the fold's weights added."""
         live = [g for g in groups if len(g.dropped) and bool(g.receivers.any())]
         if not live:
-            return tokens, sizes
+            return tokens, sizes, token_map
         recv = [g.kept[g.receivers] for g in live]
         m, k = max(len(r) for r in recv), max(len(g.dropped) for g in live)
         b, d, dev = len(live), flat.shape[1], flat.device
@@ -149,10 +161,22 @@ class TokenReducer(ABC):
             s_w[i, :len(g.dropped)] = 1.0
         out = sinkhorn_aggregate(anchors, sources, anchor_weight=a_w, source_weight=s_w,
                                  eps=self.eps, lam=self.lam, max_iter=self.max_iter,
-                                 backend=self.backend, check_values=False)  # inputs checked
+                                 backend=self.backend, check_values=False,  # inputs checked
+                                 return_plan=token_map is not None)
         got = folded_sizes(out.mass.to(sizes.dtype), self.lam)
         tokens, sizes = tokens.clone(), sizes.clone()
         for i, r in enumerate(recv):
             tokens[slot[r]] = out.tokens[i, :len(r)]
             sizes[slot[r]] = got[i, :len(r)]
-        return tokens, sizes
+        if token_map is not None:  # receivers from the fold's rows, the rest as selected
+            index = torch.zeros(b, m + k, dtype=torch.long, device=dev)  # padding: weight 0
+            take = token_map.steps[0].index.clone()
+            base = token_map.frames * token_map.tokens
+            for i, (g, r) in enumerate(zip(live, recv)):
+                index[i, :len(r)] = r
+                index[i, m:m + len(g.dropped)] = g.dropped
+                take[slot[r]] = base + i * m + torch.arange(len(r), device=dev)
+            weight = fold_weights(out.plan.to(a_w.dtype), self.lam)
+            token_map = TokenMap(token_map.frames, token_map.tokens,
+                                 [Mix(index, weight), Take(take)])
+        return tokens, sizes, token_map

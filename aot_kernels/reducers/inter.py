@@ -10,6 +10,7 @@ from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 
+from ..ops import composite
 from ..ops.api import ClipResult, clip_aggregate
 from .intra import IntraResult
 from .planning import OTSettings, Plan
@@ -132,7 +133,7 @@ def inter_frame(intra: IntraResult, plans: List[Plan], *, ot: OTSettings, lam: f
     its first frame's tokens; the OT only picks the dynamic tokens); tau: threshold mode;
     quota "uniform" (the plans' even quotas) or "adaptive" (`adaptive_quotas` with
     content_share); cache: keeps the clip index tensors per plan shape and device."""
-    tokens, sizes, index = intra
+    tokens, sizes, index = intra.tokens, intra.sizes, intra.anchors
     m, d = tokens.shape[1:]
     shape = (m, tuple((tuple(p.clips), None if p.keep is None else tuple(p.keep))
                       for p in plans))
@@ -152,3 +153,31 @@ def inter_frame(intra: IntraResult, plans: List[Plan], *, ot: OTSettings, lam: f
                          max_iter=ot.max_iter, tol=ot.tol, tau=tau, keep=keep,
                          backend=ot.backend, check_values=False)
     return InterResult(out, frames, frame_sizes, frame_index, clips, keep)
+
+
+def clip_weights(inter: InterResult, lam: float, eps: float, anchor_weight) -> torch.Tensor:
+    """Each clip's final anchors as weighted means of its frames' intra-frame tokens: Q
+    [C,M,L*M], anchor j = sum_p Q[c, j, p] frames[c].flatten(0, 1)[p], rows summing to 1.
+
+    Replays the solved scan (composite.clip_aggregate with the op's potentials and dynamic
+    tokens, which records each step's merge weights W_l): Eq. 16's a' = (a + lam W_l s) /
+    (1 + lam W_l 1) divides every earlier block by the step's norm and adds lam W_l / norm as
+    frame l's block. lam = 0: the first frame's tokens, as they are."""
+    frames, out = inter.frames, inter.out
+    c, length, m, _ = frames.shape
+    wdt = torch.float64 if frames.dtype == torch.float64 else torch.float32
+    eye = torch.eye(m, dtype=wdt, device=frames.device).expand(c, m, m)
+    blocks = [eye] + [eye.new_zeros(c, m, m) for _ in range(1, length)]
+    if lam == 0 or length == 1:
+        return torch.cat(blocks, 2)
+    cd = composite.compute_dtype(frames.dtype)
+    f, g = out.f.to(cd), out.g.to(cd)
+    steps: List[torch.Tensor] = []
+    composite.clip_aggregate(frames, inter.clips.lengths, inter.sizes, anchor_weight, eps, lam,
+                             1, 0.0, replay=(lambda l, cost: (f[:, l], g[:, l]), out.kept),
+                             trace=steps)
+    for l, weight in enumerate(steps, 1):
+        weight = weight.to(wdt)
+        norm = (1.0 + lam * weight.sum(2, keepdim=True))
+        blocks = [b / norm for b in blocks[:l]] + [lam * weight / norm] + blocks[l + 1:]
+    return torch.cat(blocks, 2)

@@ -16,10 +16,14 @@ from .video import Video, folded_sizes, size_dtype
 class IntraResult(NamedTuple):
     """The videos' frames stacked (G frames in all, video after video). tokens [G,M,D]: the
     folded anchors; sizes [G,M]: the originals' weight each holds (1 + lam m_j, SPEC §9);
-    anchors [G,M] int64: the anchors' token indices within their frame (raster order)."""
+    anchors [G,M] int64: the anchors' token indices within their frame (raster order).
+    With return_plan: sources [G,N-M] int64 (the other tokens, ascending) and plan [G,M,N-M]
+    (the fold's transport plan, None where M = N); else both None."""
     tokens: torch.Tensor
     sizes: torch.Tensor
     anchors: torch.Tensor
+    sources: Optional[torch.Tensor] = None
+    plan: Optional[torch.Tensor] = None
 
 
 def rows(feats: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -35,10 +39,12 @@ def _cat(tensors: List[torch.Tensor]) -> torch.Tensor:
 
 
 def intra_frame(videos: List[Video], m: int, grid: Tuple[int, int], *, windows: Tuple[int, int],
-                ot: OTSettings, lam: float, clock: Optional[Clock] = None) -> IntraResult:
+                ot: OTSettings, lam: float, clock: Optional[Clock] = None,
+                return_plan: bool = False) -> IntraResult:
     """Stages 1-2 of `videos` (N tokens per frame on `grid`), M = m anchors per frame, local
     anchors from `windows`, the fold weighted by lam (0: the anchors unchanged). Ticks
-    "select_ms" and "intra_ms" on `clock`. Inputs are not value-checked (the reducer did)."""
+    "select_ms" and "intra_ms" on `clock`. Inputs are not value-checked (the reducer did).
+    return_plan: also the sources and the fold's plan (a reduction's operator)."""
     feats = _cat([v.features for v in videos])
     clock = clock or Clock(False, feats.device)
     scores = _cat([v.scores for v in videos])
@@ -52,14 +58,17 @@ def intra_frame(videos: List[Video], m: int, grid: Tuple[int, int], *, windows: 
     frames, n = feats.shape[:2]
     sdt = size_dtype(feats.dtype)
     anchors = rows(feats, picked.anchors)
+    transport = None
     if m < n:
         out = sinkhorn_aggregate(anchors, rows(feats, picked.sources),
                                  anchor_weight=ot.anchor_weight(frames, m, feats), eps=ot.eps,
                                  lam=lam, max_iter=ot.max_iter, tol=ot.tol, backend=ot.backend,
-                                 check_values=False)
+                                 check_values=False, return_plan=return_plan)
         # SPEC §9: each anchor holds itself and lam T_ji of each source, not whole sources.
-        tokens, sizes = out.tokens, folded_sizes(out.mass.to(sdt), lam)
+        tokens, sizes, transport = out.tokens, folded_sizes(out.mass.to(sdt), lam), out.plan
     else:
         tokens, sizes = anchors, torch.ones(frames, m, dtype=sdt, device=feats.device)
     clock.tick("intra_ms")
-    return IntraResult(tokens, sizes, picked.anchors)
+    if not return_plan:
+        return IntraResult(tokens, sizes, picked.anchors)
+    return IntraResult(tokens, sizes, picked.anchors, picked.sources, transport)

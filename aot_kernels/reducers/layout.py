@@ -7,12 +7,14 @@ on the host (each video's token count is data there).
 """
 from __future__ import annotations
 
-from typing import List, NamedTuple, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
 from .inter import InterResult
+from .intra import IntraResult
 from .planning import Plan
+from .token_map import Mix, Take, TokenMap, fold_weights
 
 
 class Layout(NamedTuple):
@@ -50,9 +52,13 @@ def layout(counts: torch.Tensor, kept: torch.Tensor, local: torch.Tensor,
     return Layout(source, local.view(-1).index_select(0, seg), ~anchor, tokens)
 
 
-def assemble(inter: InterResult, plans: Sequence[Plan], n: int) -> List[Tuple[torch.Tensor, ...]]:
+def assemble(inter: InterResult, plans: Sequence[Plan], n: int,
+             intra: Optional[IntraResult] = None, lam_intra: float = 1.0,
+             clip_q: Optional[torch.Tensor] = None) -> List[Tuple]:
     """Per video of `plans` (N = n tokens per frame): (tokens [K,D], sizes [K], frame_ids [K],
-    positions [K] = frame * n + token index, dynamic [K] bool), in SPEC §5 order."""
+    positions [K] = frame * n + token index, dynamic [K] bool), in SPEC §5 order. With intra
+    (an IntraResult with its plan), lam_intra and clip_q (`clip_weights`, or None for lam_inter
+    0), each tuple gains the video's TokenMap (`token_maps`)."""
     out, frames, frame_sizes, frame_index = inter.out, inter.frames, inter.sizes, inter.index
     c, length, m = frame_sizes.shape
     if inter.keep is not None:  # quota mode: every video keeps its K_b tokens
@@ -76,4 +82,52 @@ def assemble(inter: InterResult, plans: Sequence[Plan], n: int) -> List[Tuple[to
     toks_sizes = gather(out.sizes, frame_sizes)
     positions = where.frame_ids * n + gather(frame_index[:, 0], frame_index)
     outputs = (toks, toks_sizes, where.frame_ids, positions, where.dynamic)
-    return list(zip(*(torch.split(t, where.tokens) for t in outputs)))
+    parts = list(zip(*(torch.split(t, where.tokens) for t in outputs)))
+    if intra is None:
+        return parts
+    maps = token_maps(intra, inter, plans, n, lam_intra, clip_q, where)
+    return [part + (tm,) for part, tm in zip(parts, maps)]
+
+
+def token_maps(intra: IntraResult, inter: InterResult, plans: Sequence[Plan], n: int,
+               lam_intra: float, clip_q: Optional[torch.Tensor], where: Layout
+               ) -> List[TokenMap]:
+    """Each video's reduction as a TokenMap over its [F,N] tokens: the intra-frame fold (Mix,
+    rows frame t slot j = Eq. 11's weights over the frame's anchor and sources), the clip
+    anchors (Mix with clip_q over the clip's frames' rows; lam_inter 0: none, the first frame's
+    rows are the anchors), then the output order (Take of `where.source`)."""
+    g, m = intra.anchors.shape
+    c, length = inter.clips.local.shape
+    dev = intra.anchors.device
+    if intra.plan is not None:
+        index = torch.cat([intra.anchors, intra.sources], 1)
+        weight = fold_weights(intra.plan, lam_intra)
+    else:  # M = N: nothing folded
+        index = intra.anchors
+        weight = torch.eye(m, dtype=intra.sizes.dtype, device=dev).unsqueeze(0)
+    local = inter.clips.local
+    slots = torch.arange(m, device=dev)
+    maps, frame0, clip0, out0 = [], 0, 0, 0
+    for p, count in zip(plans, where.tokens):
+        frames, clips = p.clips[-1][1], len(p.clips)
+        base1 = frames * n  # rows of the intra-frame tokens: base1 + t*M + j
+        base2 = base1 + frames * m  # rows of the clip anchors: base2 + c*M + j
+        starts = (torch.arange(frames, device=dev) * n).unsqueeze(1)
+        steps = [Mix(starts + index[frame0:frame0 + frames],
+                     weight if weight.shape[0] == 1 else weight[frame0:frame0 + frames])]
+        own = local[clip0:clip0 + clips]  # [C_b, L] frames within the video
+        rows = base1 + (own.unsqueeze(2) * m + slots).reshape(clips, length * m)
+        if clip_q is not None:
+            steps.append(Mix(rows, clip_q[clip0:clip0 + clips]))
+        src = where.source[out0:out0 + count]
+        anchor = src < c * m
+        cl = torch.where(anchor, src // m, (src - c * m) // m)  # clip, or clip*L + step
+        clip = torch.where(anchor, cl, cl // length) - clip0
+        step = torch.where(anchor, 0, cl % length)
+        frame_row = base1 + own[clip, step] * m + src % m
+        take = frame_row if clip_q is None else torch.where(anchor, base2 + clip * m + src % m,
+                                                            frame_row)
+        steps.append(Take(take))
+        maps.append(TokenMap(frames, n, steps))
+        frame0, clip0, out0 = frame0 + frames, clip0 + clips, out0 + count
+    return maps

@@ -16,6 +16,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
 from ..ops import validate
+from .token_map import TokenMaps
 
 Clip = Tuple[int, int]
 
@@ -32,7 +33,8 @@ class ReducedVideo:
     dynamic [K] bool: AOT's dynamic tokens (kept as they are by the inter-frame stage);
     clips: [start, end) frame ranges the reducer worked in; grid (h, w). From a batch
     [B,F,N,D] in quota mode every tensor gains a leading B. `stats`: token counts (and, when
-    profiling, milliseconds) per stage.
+    profiling, milliseconds) per stage. token_map: with return_map=True, the reduction as an
+    operator on any per-token tensor (`apply`); else None.
     """
     tokens: torch.Tensor
     frame_ids: torch.Tensor
@@ -42,9 +44,19 @@ class ReducedVideo:
     clips: List[Clip]
     grid: Tuple[int, int]
     stats: Dict[str, float] = field(default_factory=dict)
+    token_map: Optional[object] = None
 
     def __len__(self) -> int:
         return self.tokens.shape[-2]
+
+    def apply(self, values: torch.Tensor) -> torch.Tensor:
+        """The same reduction applied to another per-token tensor (SPEC §11): values [F,N,*]
+        ([B,F,N,*] for a batch) -> [K,*] ([B,K,*]), the same selection and merge weights as the
+        tokens (a merged token's value is the same weighted mean). Needs return_map=True."""
+        if self.token_map is None:
+            raise ValueError("this reduction kept no operator: call the reducer with "
+                             "return_map=True to apply it to other per-token tensors")
+        return self.token_map(values)
 
     def to_dict(self) -> dict:
         """Plain dict of tensors and lists (what `python -m aot_kernels reduce` saves)."""
@@ -60,9 +72,11 @@ def stack(videos: Sequence[ReducedVideo]) -> ReducedVideo:
         raise ValueError(f"cannot stack reductions of different lengths {sorted(counts)}; "
                          "use a list of videos (threshold mode keeps a data-dependent count)")
     cat = lambda name: torch.stack([getattr(v, name) for v in videos])  # noqa: E731
+    maps = [v.token_map for v in videos]
     return ReducedVideo(cat("tokens"), cat("frame_ids"), cat("positions"), cat("sizes"),
                         cat("dynamic"), [c for v in videos for c in v.clips], videos[0].grid,
-                        dict(videos[0].stats))
+                        dict(videos[0].stats),
+                        None if any(m is None for m in maps) else TokenMaps(maps))
 
 
 @dataclass
@@ -188,8 +202,26 @@ def as_videos(features, scores, local_scores, check_values: bool = True
     return videos, form
 
 
-def finish(results: List[ReducedVideo], form: str):
-    """Shape the per-video results like the input: one, stacked, or a list."""
+def map_precision(videos: List[Video], return_map) -> Tuple[List[Video], Optional[torch.dtype]]:
+    """With return_map=True, fp16/bf16 videos are reduced in float32: the map's weights come
+    from the OT potentials, which half precision rounds too coarsely (a bf16 potential is off
+    by ~1e-3, 5% of a plan entry at eps 0.02). Returns (videos, the dtype to give the tokens
+    back in, or None)."""
+    if not isinstance(return_map, bool):
+        raise TypeError(f"return_map must be a bool, got {type(return_map).__name__}")
+    dtype = videos[0].features.dtype
+    if not return_map or dtype not in (torch.float16, torch.bfloat16):
+        return videos, None
+    up = lambda t: None if t is None else t.float()  # noqa: E731
+    return [Video(v.features.float(), up(v.scores), up(v.local_scores)) for v in videos], dtype
+
+
+def finish(results: List[ReducedVideo], form: str, dtype: Optional[torch.dtype] = None):
+    """Shape the per-video results like the input: one, stacked, or a list. dtype: the tokens'
+    dtype to restore (`map_precision`)."""
+    if dtype is not None:
+        for r in results:
+            r.tokens = r.tokens.to(dtype)
     if form == "single":
         return results[0]
     if form == "batch":
