@@ -24,7 +24,7 @@ HF_OLDEST := 5.17.0
 OLD_HF := build/transformers-$(HF_OLDEST)
 HF_OLDEST_DEPS := "huggingface-hub==1.33.0" "httpx==0.28.1" "httpcore==1.0.9" "certifi==2026.10.19.post1"
 HF_TESTS := tests/test_transformers_integration.py tests/test_transformers_authors.py \
-	tests/test_transformers_generate.py
+	tests/test_transformers_generate.py tests/test_transformers_qwen3.py
 
 .PHONY: demo test test-py test-cpp compile-gate test-hf-oldest test-eval bench bench-gpu gpu-check clean
 

@@ -385,7 +385,7 @@ def main(argv=None) -> int:
     p_flops = sub.add_parser("flops", help="visual-token prefill/decode FLOPs of the LLM "
                              "before and after reduction (SPEC §7)")
     p_flops.add_argument("--model", default="llava-onevision-7b",
-                         help="llava-onevision-7b | llava-video-7b | qwen2.5-vl-7b | custom")
+                         help="llava-onevision-7b | llava-video-7b | qwen2.5-vl-7b | qwen3-vl-8b | custom")
     p_flops.add_argument("--frames", type=int, help="frames (default: the preset's)")
     p_flops.add_argument("--tokens-per-frame", type=int, help="visual tokens per frame")
     p_flops.add_argument("--retention", type=float, required=True, help="kept fraction, (0, 1]")

@@ -57,6 +57,18 @@ def test_reads_a_video_file_uniformly(tmp_path):
     assert frame_indices(footage.read(str(clip), 20)) == list(range(20))  # every frame
 
 
+def test_sampled_frames_carry_their_indices_total_and_fps(tmp_path):
+    """What Qwen3-VL's prompt timestamps are computed from (lmms-eval's aot_qwen3_vl)."""
+    clip = make_clip(tmp_path / "clip.mp4")
+    got = footage.read_sampled(clip, 5)
+    assert got.indices == frame_indices(got.frames) == [0, 5, 10, 14, 19]
+    assert (got.total, got.fps) == (20, 10.0)
+    with pytest.raises(ValueError, match="fewer than frames=32"):
+        footage.read_sampled(clip, 32)
+    every = footage.read_sampled(clip, 32, at_most=True)  # a short video: all of its frames
+    assert every.indices == list(range(20)) and every.frames.shape[0] == 20
+
+
 def test_reads_a_folder_of_frames_sorted_by_name(tmp_path):
     from PIL import Image
 
@@ -66,6 +78,8 @@ def test_reads_a_folder_of_frames_sorted_by_name(tmp_path):
     x = footage.read(tmp_path, 4)
     assert x.shape == (4, 30, 40, 3)
     assert [int(f.mean()) // 20 for f in x] == footage.sample(12, 4) == [0, 4, 7, 11]
+    sampled = footage.read_sampled(tmp_path, 20, at_most=True)
+    assert (sampled.indices, sampled.total, sampled.fps) == (list(range(12)), 12, None)
     # frames of different sizes: each cropped to its centred square, resized to the smallest
     Image.fromarray(np.zeros((50, 20, 3), np.uint8)).save(tmp_path / "f012.jpg")
     assert footage.read(tmp_path, 13).shape == (13, 20, 20, 3)

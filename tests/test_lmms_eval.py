@@ -44,9 +44,10 @@ def save_model(kind: str, path: Path) -> str:
     from transformers import AutoProcessor
 
     tiny = _tiny_models()
+    qwen_video = "<|vision_start|><|video_pad|><|vision_end|>"
     write, video = {"llava": (tiny.write_llava_onevision, "<video>"),
-                    "qwen": (tiny.write_qwen2_5_vl,
-                             "<|vision_start|><|video_pad|><|vision_end|>")}[kind]
+                    "qwen": (tiny.write_qwen2_5_vl, qwen_video),
+                    "qwen3": (tiny.write_qwen3_vl, qwen_video)}[kind]
     write(str(path))
     processor = AutoProcessor.from_pretrained(path)
     processor.chat_template = TEMPLATE.replace("VIDEO", video)
@@ -131,6 +132,7 @@ def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("lmms")
     save_model("llava", root / "llava")
     save_model("qwen", root / "qwen")
+    save_model("qwen3", root / "qwen3")
     save_task(root)
     return root
 
@@ -158,7 +160,7 @@ def evaluate(workdir, model, model_args, batch_size=1):
     memoised per configuration: the unreduced baseline serves every test that compares to it."""
     key = (str(workdir), model, model_args, batch_size)
     if key not in EVALUATED:
-        checkpoint = workdir / ("qwen" if model == "aot_qwen2_5_vl" else "llava")
+        checkpoint = workdir / {"aot_qwen2_5_vl": "qwen", "aot_qwen3_vl": "qwen3"}.get(model, "llava")
         EVALUATED[key] = run(workdir, [
             "lmms_eval", "--model", model, "--model_args",
             f"pretrained={checkpoint},{model_args},dtype=float32,max_frames_num={FRAMES}",
@@ -214,7 +216,33 @@ def test_qwen2_5_vl_with_reduction(workdir):
     assert [f - g for f, g in zip(input_tokens(full), input_tokens(got))] == [16] * VIDEOS
 
 
-def test_entry_point_registers_the_three_models():
+def test_qwen3_vl_with_reduction(workdir):
+    full, _ = evaluate(workdir, "aot_qwen3_vl", "reducer=none")
+    got, score = evaluate(workdir, "aot_qwen3_vl", "reducer=aot,retention=0.5", batch_size=2)
+    assert 0.0 <= score["accuracy,none"] <= 1.0
+    # 4 frames of 96 px -> 2 temporal patches of 3x3 merged tokens: 18 video tokens, 9 kept;
+    # the timestamps and start/end tokens of both patches stay.
+    assert [f - g for f, g in zip(input_tokens(full), input_tokens(got))] == [9] * VIDEOS
+
+
+def test_qwen3_vl_prompt_has_the_videos_real_timestamps(workdir):
+    """The 8-frame, 4 fps clip sampled to frames 0, 2, 5, 7: its temporal patches (2 frames
+    each) start at 0.25 s and 1.5 s, which the prompt must say (without the metadata the
+    processor would assume 24 fps and frames 0..3)."""
+    model = plugin.AOTQwen3_VL(pretrained=str(workdir / "qwen3"), reducer="none", device="cpu",
+                               dtype="float32", max_frames_num=FRAMES)
+    frames, meta = model._video([str(workdir / "video0.mp4")], "doc 0")
+    assert frames.shape == (4, 96, 96, 3)
+    assert meta == {"total_num_frames": 8, "fps": 4.0, "frames_indices": [0, 2, 5, 7]}
+    inputs = model.processor(text=[model._prompt("w1")], videos=[frames], return_tensors="pt",
+                             **model._video_kwargs([meta]))
+    text = " ".join(model.tokenizer.convert_ids_to_tokens(inputs["input_ids"][0].tolist()))
+    assert "< 0 . 2 seconds >" in text and "< 1 . 5 seconds >" in text  # "%.1f" of 0.25, 1.5
+    _, folder = model._video([str(workdir / "video3")], "doc 3")  # frames without a rate
+    assert folder["fps"] is None and "fps" not in model._video_kwargs([folder])["video_metadata"][0]
+
+
+def test_entry_point_registers_the_models():
     from lmms_eval.models import get_model
 
     for name, cls in plugin.MODELS.items():
@@ -236,6 +264,8 @@ def test_model_args_errors_are_named():
         plugin.build_reducer("llava-onevision-7b", "aot-authors", benchmark="mmlu")
     with pytest.raises(ValueError, match="not on Qwen2.5-VL"):
         plugin.build_reducer("qwen2.5-vl-7b", "aot-authors", benchmark="mvbench")
+    with pytest.raises(ValueError, match="Qwen3-VL"):
+        plugin.build_reducer("qwen3-vl-8b", "aot-authors", benchmark="mvbench")
     with pytest.raises(ValueError, match="reducer=none keeps every token"):
         plugin.build_reducer("llava-onevision-7b", "none", 0.1)
     assert plugin.build_reducer("llava-onevision-7b", "none") is None

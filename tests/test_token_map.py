@@ -184,3 +184,11 @@ def test_steps_compose_as_documented():
     torch.testing.assert_close(tm(values), expected)
     assert len(tm) == 2 and "Mix, Take" in repr(tm)
     np.testing.assert_allclose(tm.matrix().numpy(), [[0.25, 0, 0, 0.75], [0, 1, 0, 0]])
+
+
+def test_a_reordered_map_permutes_its_outputs():
+    feats, scores = tagged_video(4, 16, seed=11)
+    out = AOTReducer(0.25, grid=(4, 4), lam_inter=1.0, clip_len=2)(feats, scores, return_map=True)
+    order = torch.randperm(len(out), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out.token_map.reordered(order)(feats), out.tokens[order],
+                               rtol=0, atol=1e-12)

@@ -27,12 +27,18 @@ class Preset:
 
 
 QWEN2_7B = LLM(layers=28, hidden=3584, ffn=18944)  # also Qwen2.5-7B's shape
+QWEN3_8B = LLM(layers=36, hidden=4096, ffn=12288)  # Qwen3-VL-8B's language model
 PRESETS = {
     "llava-onevision-7b": Preset(QWEN2_7B, 32, 196, "32 frames, 14x14 tokens after 2x2 pooling"),
     "llava-video-7b": Preset(QWEN2_7B, 64, 169, "64 frames, 13x13 tokens after pooling"),
     # [decided] 32 input frames at 448x448: 14-px patches, 2x2 merge -> 16x16 = 256 tokens, and
     # temporal patches of 2 frames -> 16 token frames.
     "qwen2.5-vl-7b": Preset(QWEN2_7B, 16, 256, "32 frames at 448x448: 16 temporal x 256 tokens"),
+    # [decided] The same 32 frames at 448x448 for Qwen3-VL: 16-px patches, 2x2 merge -> 14x14 =
+    # 196 tokens per temporal patch. (The MoE and Qwen3.5 models are left out: Eq. 17 counts a
+    # dense FFN and full attention in every layer, which their experts and linear-attention
+    # layers are not.)
+    "qwen3-vl-8b": Preset(QWEN3_8B, 16, 196, "32 frames at 448x448: 16 temporal x 196 tokens"),
 }
 
 

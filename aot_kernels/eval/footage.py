@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List
+from typing import List, NamedTuple, Optional
 
 import numpy as np
 
@@ -33,40 +33,58 @@ def _frames_arg(frames) -> int:
     return frames
 
 
+class Sampled(NamedTuple):
+    """Frames sampled from a video and where they came from: frames [F, H, W, 3] uint8 RGB;
+    indices: each frame's index among the video's `total` frames; fps: the stream's average
+    frame rate (None for a folder of frames, or a stream without one)."""
+    frames: np.ndarray
+    indices: List[int]
+    total: int
+    fps: Optional[float]
+
+
 def read(path, frames: int = 32) -> np.ndarray:
     """[F, H, W, 3] uint8 RGB: `frames` frames sampled uniformly from the video file or frame
     folder at `path`."""
+    return read_sampled(path, frames).frames
+
+
+def read_sampled(path, frames: int = 32, *, at_most: bool = False) -> Sampled:
+    """`read`, with the frames' indices, the total count and the fps (what Qwen3-VL's prompt
+    timestamps are computed from). at_most=True takes every frame of a shorter video instead
+    of raising."""
     frames = _frames_arg(frames)
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or path, got {type(path).__name__}")
     p = Path(path)
     if p.is_dir():
-        return _read_folder(p, frames)
+        return _read_folder(p, frames, at_most)
     if not p.is_file():
         raise FileNotFoundError(f"video {str(p)!r}: no such file or folder")
-    return _read_file(p, frames)
+    return _read_file(p, frames, at_most)
 
 
-def _read_folder(folder: Path, frames: int) -> np.ndarray:
+def _read_folder(folder: Path, frames: int, at_most: bool = False) -> Sampled:
     from PIL import Image, UnidentifiedImageError
 
     files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
     if not files:
         raise ValueError(f"frame folder {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    if at_most:
+        frames = min(frames, len(files))
     if len(files) < frames:
         raise ValueError(f"frame folder {str(folder)!r} has {len(files)} images, fewer than "
                          f"frames={frames}")
-    out = []
-    for i in sample(len(files), frames):
+    out, picks = [], sample(len(files), frames)
+    for i in picks:
         try:
             with Image.open(files[i]) as im:
                 out.append(np.array(im.convert("RGB")))
         except (UnidentifiedImageError, OSError) as exc:
             raise ValueError(f"frame {str(files[i])!r} does not open as an image: {exc}") from None
     sizes = {a.shape for a in out}
-    if len(sizes) > 1:  # each frame is cropped and resized on its own later: keep them apart
-        return _ragged(out)
-    return np.stack(out)
+    # Frames of different sizes: each is cropped and resized on its own (they then stack).
+    return Sampled(_ragged(out) if len(sizes) > 1 else np.stack(out), picks, len(files), None)
 
 
 def _ragged(frames: List[np.ndarray]) -> np.ndarray:
@@ -81,7 +99,7 @@ def _ragged(frames: List[np.ndarray]) -> np.ndarray:
                      .astype(np.uint8) for a in frames])
 
 
-def _read_file(path: Path, frames: int) -> np.ndarray:
+def _read_file(path: Path, frames: int, at_most: bool = False) -> Sampled:
     try:
         import av
     except ImportError:
@@ -94,21 +112,28 @@ def _read_file(path: Path, frames: int) -> np.ndarray:
         if not container.streams.video:
             raise ValueError(f"{str(path)!r} has no video stream")
         stream = container.streams.video[0]
+        fps = float(stream.average_rate) if stream.average_rate else None
         try:
             total = stream.frames or _count(container, stream)
         except av.error.FFmpegError as exc:
             raise ValueError(f"{str(path)!r}: its video stream ({stream.codec_context.name}) does "
                              f"not decode: {exc}") from None
-    if total < frames:
+    if total < 1:
+        raise ValueError(f"{str(path)!r} has no frames")
+    wanted = min(frames, total) if at_most else frames
+    if total < wanted:
         raise ValueError(f"{str(path)!r} has {total} frames, fewer than frames={frames}")
-    got = _decode(path, sample(total, frames))
-    if len(got) < frames:  # the header's frame count was too high: count by decoding
+    picks = sample(total, wanted)
+    got = _decode(path, picks)
+    if len(got) < wanted:  # the header's frame count was too high: count by decoding
         with av.open(str(path)) as container:
             total = _count(container, container.streams.video[0])
-        if total < frames:
+        wanted = min(frames, total) if at_most else frames
+        if total < wanted:
             raise ValueError(f"{str(path)!r} has {total} frames, fewer than frames={frames}")
-        got = _decode(path, sample(total, frames))
-    return np.stack(got)
+        picks = sample(total, wanted)
+        got = _decode(path, picks)
+    return Sampled(np.stack(got), picks, total, fps)
 
 
 def _count(container, stream) -> int:

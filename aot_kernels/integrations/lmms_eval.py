@@ -8,7 +8,11 @@
 Models (registered through lmms-eval's entry-point group "lmms_eval.models", see `manifests`):
 - aot_llava_onevision: LlavaOnevisionForConditionalGeneration (LLaVA-OneVision), 32 frames;
 - aot_llava_vid: the same class with a LLaVA-Video checkpoint, 64 frames;
-- aot_qwen2_5_vl: Qwen2_5_VLForConditionalGeneration, 32 frames.
+- aot_qwen2_5_vl: Qwen2_5_VLForConditionalGeneration, 32 frames;
+- aot_qwen3_vl: the Qwen3-VL family (Qwen3VL, Qwen3VLMoe, Qwen3_5, Qwen3_5Moe
+  ForConditionalGeneration, whichever the checkpoint is), 32 frames, with each video's real fps
+  and frame indices passed as video metadata, so the `<t seconds>` timestamps in the prompt are
+  the true ones.
 
 Each loads the checkpoint with transformers, patches it with
 `aot_kernels.integrations.transformers.patch` and answers lmms-eval's `generate_until` requests,
@@ -22,7 +26,8 @@ different counts). --model_args:
   egoschema, videomme or longvideobench; anchors= and keep_ratio= override it;
 - merge: a baseline's merge step (none | average | ot); local_layer: see `patch`;
 - max_frames_num (frames sampled uniformly per video), dtype ("auto", bfloat16, float32, ...),
-  device, device_map, attn_implementation; Qwen2.5-VL also min_pixels / max_pixels per frame.
+  device, device_map, attn_implementation; Qwen2.5-VL also min_pixels / max_pixels per frame
+  (Qwen3-VL: the processor's size bounds, which count the whole video's pixels).
 
 Each sample's `token_counts` (in --log_samples output) reports input_tokens: the prompt length
 the language model actually received (video tokens after reduction + text), and output_tokens.
@@ -60,7 +65,7 @@ def build_reducer(model: str, reducer: str = "aot", retention: Optional[float] =
     """The reducer that --model_args describe, or None for reducer="none".
 
     model: a preset name of aot_kernels ("llava-onevision-7b", "llava-video-7b",
-    "qwen2.5-vl-7b"), which picks the authors' settings for "aot-authors"."""
+    "qwen2.5-vl-7b", "qwen3-vl-8b"), which picks the authors' settings for "aot-authors"."""
     names = reducers.ALL_NAMES + (NONE,)
     if reducer not in names:
         raise ValueError(f"reducer must be one of {names}, got {reducer!r}")
@@ -74,9 +79,9 @@ def build_reducer(model: str, reducer: str = "aot", retention: Optional[float] =
             raise ValueError("reducer=none keeps every token: drop retention= and merge=")
         return None
     if reducer == "aot-authors":
-        if model == "qwen2.5-vl-7b":
+        if model.startswith("qwen"):
             raise ValueError("reducer=aot-authors (SPEC §8) runs on the LLaVA models "
-                             "(aot_llava_onevision, aot_llava_vid), not on Qwen2.5-VL")
+                             "(aot_llava_onevision, aot_llava_vid), not on Qwen2.5-VL or Qwen3-VL")
         if retention is not None or merge is not None:
             raise ValueError("reducer=aot-authors has no retention= or merge=: its budget is "
                              "benchmark= (the authors' setting), or anchors= and keep_ratio=")
@@ -202,12 +207,18 @@ class _PatchedVideoLLM(lmms):
         raise NotImplementedError(f"{type(self).__name__} answers single-round generate_until")
 
     def _video(self, visuals, where: str):
-        from lmms_eval.models.model_utils.load_video import read_video
-
+        """(frames [T, H, W, 3] uint8, the video metadata the processor needs or None)."""
         paths = [v for v in visuals if isinstance(v, str)]
         if len(paths) != 1 or len(visuals) != 1:
             raise ValueError(f"{type(self).__name__} takes one video (a file path) per question; "
                              f"{where} gives {len(visuals)} visual(s)")
+        return self._read(paths[0], where)
+
+    def _read(self, path: str, where: str):
+        """(frames, None): lmms-eval's own reader (a folder of frames sampled here)."""
+        from lmms_eval.models.model_utils.load_video import read_video
+
+        paths = [path]
         if os.path.isdir(paths[0]):  # a folder of frames (some MVBench sources): sample them
             import numpy as np
             from PIL import Image
@@ -217,8 +228,8 @@ class _PatchedVideoLLM(lmms):
                 raise ValueError(f"{where}: {paths[0]} is a folder without frames ({IMAGES})")
             picks = np.linspace(0, len(names) - 1, min(self.max_frames_num, len(names)))
             return np.stack([np.asarray(Image.open(os.path.join(paths[0], names[int(round(i))]))
-                                        .convert("RGB")) for i in picks])
-        return read_video(paths[0], num_frm=self.max_frames_num)  # [T, H, W, 3] uint8
+                                        .convert("RGB")) for i in picks]), None
+        return read_video(paths[0], num_frm=self.max_frames_num), None  # [T, H, W, 3] uint8
 
     def _prompt(self, question: str) -> str:
         messages = [{"role": "user", "content": [{"type": "video"},
@@ -249,8 +260,10 @@ class _PatchedVideoLLM(lmms):
         """Answers for one batch (same generation settings) of questions, one video each."""
         until = gen_kwargs.pop("until", None)
         until = [until] if isinstance(until, str) else list(until or [])
-        inputs = self.processor(text=[self._prompt(q) for q in questions], videos=videos,
-                                padding=True, return_tensors="pt", **self._video_kwargs())
+        frames, metadata = zip(*videos)
+        inputs = self.processor(text=[self._prompt(q) for q in questions], videos=list(frames),
+                                padding=True, return_tensors="pt",
+                                **self._video_kwargs(list(metadata)))
         inputs = inputs.to(self._device)
         if "pixel_values_videos" in inputs:
             inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(self._model.dtype)
@@ -297,7 +310,8 @@ class _PatchedVideoLLM(lmms):
                                                               output_tokens=produced)))
         return answers
 
-    def _video_kwargs(self) -> dict:
+    def _video_kwargs(self, metadata: list) -> dict:
+        """Processor keywords for a batch of videos (metadata: `_video`'s, one per video)."""
         return {}
 
 
@@ -341,7 +355,7 @@ class AOTQwen2_5_VL(_PatchedVideoLLM):
                 self.pixels[key] = value
         return {}
 
-    def _video_kwargs(self) -> dict:
+    def _video_kwargs(self, metadata: list) -> dict:
         size = {}
         if "min_pixels" in self.pixels:
             size["shortest_edge"] = self.pixels["min_pixels"]
@@ -356,5 +370,52 @@ class AOTQwen2_5_VL(_PatchedVideoLLM):
         return Qwen2_5_VLForConditionalGeneration
 
 
+class AOTQwen3_VL(AOTQwen2_5_VL):
+    """lmms-eval model "aot_qwen3_vl": the Qwen3-VL family (transformers: Qwen3-VL, Qwen3-VL-MoE,
+    Qwen3.5, Qwen3.5-MoE, by the checkpoint's config), 32 frames. Each video's frames are
+    sampled by `eval.footage` (uniform, both ends), and their indices with the stream's fps go
+    to the processor as video metadata: Qwen3-VL writes each temporal patch's timestamp into
+    the prompt from them (a folder of frames has no fps: the processor assumes 24)."""
+
+    PRESET = "qwen3-vl-8b"
+    DEFAULT_PRETRAINED = "Qwen/Qwen3-VL-8B-Instruct"
+    DEFAULT_FRAMES = 32
+    CLASSES = ("Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration",
+               "Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration")
+
+    def _read(self, path: str, where: str):
+        from ..eval import footage
+
+        try:
+            got = footage.read_sampled(path, self.max_frames_num, at_most=True)
+        except (ValueError, FileNotFoundError) as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        return got.frames, {"total_num_frames": got.total, "fps": got.fps,
+                            "frames_indices": got.indices}
+
+    def _video_kwargs(self, metadata: list) -> dict:
+        kwargs = super()._video_kwargs(metadata)
+        # fps None (a folder of frames): the processor's default, with its warning
+        kwargs["video_metadata"] = [{k: v for k, v in m.items() if v is not None}
+                                    for m in metadata]
+        return kwargs
+
+    def _model_class(self):
+        from transformers import AutoConfig, AutoModelForImageTextToText
+
+        classes = self.CLASSES
+
+        class Family:  # from_pretrained through the auto class, checked against the family
+            @staticmethod
+            def from_pretrained(pretrained, **kwargs):
+                config = AutoConfig.from_pretrained(pretrained)
+                names = list(getattr(config, "architectures", None) or [])
+                if names and not set(names) & set(classes):
+                    raise ValueError(f"aot_qwen3_vl runs {classes}; {pretrained} is {names}")
+                return AutoModelForImageTextToText.from_pretrained(pretrained, **kwargs)
+
+        return Family
+
+
 MODELS = {"aot_llava_onevision": AOTLlavaOnevision, "aot_llava_vid": AOTLlavaVid,
-          "aot_qwen2_5_vl": AOTQwen2_5_VL}
+          "aot_qwen2_5_vl": AOTQwen2_5_VL, "aot_qwen3_vl": AOTQwen3_VL}

@@ -5,9 +5,11 @@
     patch(model, AOTReducer.preset("llava-onevision-7b", retention=0.10))
     model.generate(**inputs)        # the language model now sees ~10% of the video tokens
 
-Covered: LlavaOnevisionForConditionalGeneration (which also serves the LLaVA-Video checkpoints)
-and Qwen2_5_VLForConditionalGeneration, transformers TESTED_TRANSFORMERS (5.17 to 5.23; `patch`
-raises below, warns above). On every call with
+Covered: LlavaOnevisionForConditionalGeneration (which also serves the LLaVA-Video checkpoints),
+Qwen2_5_VLForConditionalGeneration, and the Qwen3-VL family (SPEC §11):
+Qwen3VLForConditionalGeneration, Qwen3VLMoeForConditionalGeneration,
+Qwen3_5ForConditionalGeneration, Qwen3_5MoeForConditionalGeneration; transformers
+TESTED_TRANSFORMERS (5.17 to 5.23; `patch` raises below, warns above). On every call with
 `pixel_values_videos`, the patch:
 1. runs the model's own `get_video_features` (vision tower, projector / merger, pooling), reading
    scores off the vision tower on the way (below);
@@ -16,8 +18,11 @@ raises below, warns above). On every call with
    count of video placeholders (+ the newline token LLaVA-OneVision appends to a video),
    re-padding the batch when the counts differ, and hands the reduced features to the model as
    `mm_encoder_outputs` (on releases without it, such as 5.17: through the model's
-   get_video_features for the duration of the call). For Qwen2.5-VL it also passes position_ids:
-   the kept tokens' original 3-D M-RoPE positions, gathered from the full prompt's. Generation
+   get_video_features for the duration of the call). For the Qwen models it also passes
+   position_ids: the kept tokens' original 3-D M-RoPE positions, gathered from the full
+   prompt's. Qwen3-VL / Qwen3.5 keep every timestamp and vision start/end token (only
+   `<|video_pad|>` tokens go), and Qwen3-VL's DeepStack levels are reduced with the reducer's
+   own operator (return_map=True, `ReducedVideo.apply`). Generation
    then runs on the shortened prompt, so positions and the KV cache are consistent by
    construction;
 4. `generate` returns what the unpatched model returns: the caller's own `input_ids` (full length,
@@ -111,10 +116,13 @@ def _siglip_received(attn, args, kwargs) -> torch.Tensor:
 
 
 def _qwen_vision_received(attn, args, kwargs) -> torch.Tensor:
-    """Qwen2.5-VL ViT attention: fused qkv, 2-D rotary embeddings, attention within the
-    cu_seqlens segments (frames, or windows). [L] in the tower's (window-permuted) order."""
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+    """Qwen2.5-VL / Qwen3-VL / Qwen3.5 ViT attention: fused qkv, 2-D rotary embeddings (the
+    attention module's own `apply_rotary_pos_emb_vision`), attention within the cu_seqlens
+    segments (frames, or Qwen2.5-VL's windows). [L] in the tower's order."""
+    import importlib
 
+    apply_rotary_pos_emb_vision = importlib.import_module(
+        type(attn).__module__).apply_rotary_pos_emb_vision
     hidden = args[0] if args else kwargs["hidden_states"]
     bounds = kwargs["cu_seqlens"].tolist()
     length = hidden.shape[0]
@@ -266,54 +274,45 @@ class _LlavaOnevision:
         return kwargs
 
 
-class _Qwen2_5_VL:
-    """What the patch needs to know about Qwen2_5_VLForConditionalGeneration: videos come as
-    patches with video_grid_thw [V, 3]; the LM sees T x (H/2) x (W/2) merged tokens per video
-    (2 frames per temporal patch), placed with 3-D M-RoPE positions that the patch gathers from the
-    full prompt's positions at the kept tokens' original places."""
+class _QwenVL:
+    """What the Qwen adapters share: videos come as patches with video_grid_thw [V, 3]; the LM
+    sees T x (H/2) x (W/2) merged tokens per video (2 frames per temporal patch), placed with 3-D
+    M-RoPE positions that the patch gathers from the full prompt's positions at the kept tokens'
+    original places (the model's get_rope_index reads the full prompt's placeholder layout, so it
+    never sees the shortened one). Subclasses say where a video's placeholders are (`_runs`),
+    how the tower's per-patch scores map to merged tokens (`_pool`) and what the model is handed
+    (`_encoded`)."""
+    family = "Qwen2.5-VL"
 
     def __init__(self, model, local_layer):
         self.model = model
         self.visual = model.model.visual
         self.layers = self.visual.blocks
         depth = len(self.layers)
-        full = [i for i in self.visual.fullatt_block_indexes if i < depth - 1]
-        if local_layer == "auto":  # the first full-attention block: a whole frame's context
-            local_layer = full[0] if full else depth // 4
+        if local_layer == "auto":
+            local_layer = self.default_local_layer()
         self.local_layer = local_layer
         if local_layer is not None and not -depth <= local_layer < depth:
             raise ValueError(f"local_layer={local_layer} is outside the vision tower's {depth} blocks")
 
-    def _pool(self, received: torch.Tensor, grid_thw: torch.Tensor) -> List[torch.Tensor]:
-        """Per-patch scores in the tower's window order -> per merged token, raster order, split
-        per video [T, H/2 * W/2]: the mean over each 2x2 merge unit (the merger's grouping)."""
-        from transformers.vision_utils import get_vision_window_index
-
-        vis = self.visual
-        window_index, _ = get_vision_window_index(grid_thw, spatial_merge_size=vis.spatial_merge_size,
-                                                  window_size=vis.window_size,
-                                                  patch_size=vis.patch_size)
-        merged = received.view(-1, vis.spatial_merge_unit).mean(1)[torch.argsort(window_index)]
-        sizes = (grid_thw.prod(-1) // vis.spatial_merge_unit).tolist()
-        return [m.view(int(t), -1) for m, t in zip(torch.split(merged, sizes), grid_thw[:, 0])]
+    def default_local_layer(self) -> int:
+        raise NotImplementedError
 
     def reduce(self, reducer, kwargs, left: bool) -> dict:
         model, cfg = self.model, self.model.config
         video = kwargs.pop("pixel_values_videos")
         grid_thw = kwargs.get("video_grid_thw")
         if grid_thw is None:
-            raise ValueError("Qwen2.5-VL videos need video_grid_thw (the processor returns it)")
-        unit = self.visual.spatial_merge_unit
-        counts = (grid_thw.prod(-1) // unit).tolist()
-        places = _placeholders(kwargs, cfg.video_token_id, counts)
+            raise ValueError(f"{self.family} videos need video_grid_thw (the processor returns it)")
+        places = self._runs(kwargs, grid_thw)  # per row, per video: its placeholder columns
         ids = kwargs["input_ids"]
         if kwargs.get("mm_token_type_ids") is None:  # what the processor would have given
             kwargs["mm_token_type_ids"] = ((ids == cfg.image_token_id).int()
                                            + 2 * (ids == cfg.video_token_id).int())
         positions, _ = model.model.get_rope_index(
             ids, kwargs["mm_token_type_ids"], image_grid_thw=kwargs.get("image_grid_thw"),
-            video_grid_thw=grid_thw, second_per_grid_ts=kwargs.get("second_per_grid_ts"),
-            attention_mask=kwargs.get("attention_mask"))
+            video_grid_thw=grid_thw, attention_mask=kwargs.get("attention_mask"),
+            **self._rope_kwargs(kwargs))
         depth = len(self.layers)
         wanted = {"global": depth - 1}
         if self.local_layer is not None:
@@ -325,14 +324,16 @@ class _Qwen2_5_VL:
         local = self._pool(got["local"], grid_thw) if "local" in got else None
         merge = self.visual.spatial_merge_size
         grids = [(int(h) // merge, int(w) // merge) for _, h, w in grid_thw.tolist()]
+        frames = [len(s) for s in scores]
+        call = functools.partial(reducer, return_map=True) if self.needs_map(out) else reducer
         reduced: List = [None] * len(features)
         for grid in set(grids):  # one reducer call per token grid (a list of videos)
             which = [v for v, g in enumerate(grids) if g == grid]
-            got_v = reducer([features[v].view(len(scores[v]), -1, features[v].shape[-1]) for v in which],
-                            [scores[v] for v in which],
-                            None if local is None else [local[v] for v in which], grid=grid)
+            got_v = call([features[v].view(frames[v], -1, features[v].shape[-1]) for v in which],
+                         [scores[v] for v in which],
+                         None if local is None else [local[v] for v in which], grid=grid)
             for v, r in zip(which, got_v):
-                reduced[v] = r
+                reduced[v] = _in_position_order(r, frames[v] * grid[0] * grid[1])
         keep, kept_positions, video = [], [], 0
         for b, runs in enumerate(places):
             row = torch.ones(ids.shape[1], dtype=torch.bool, device=ids.device)
@@ -344,11 +345,8 @@ class _Qwen2_5_VL:
             kept_positions.append(positions[:, b, row])
         kwargs = _shorten(kwargs, keep, getattr(cfg.text_config, "pad_token_id", None), left,
                           positions=kept_positions)
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
         encoded = dict(kwargs.get("mm_encoder_outputs") or {})
-        encoded["video"] = BaseModelOutputWithPooling(
-            pooler_output=tuple(r.tokens.to(features[0].dtype) for r in reduced))
+        encoded["video"] = self._encoded(out, reduced, features[0].dtype, frames)
         kwargs["mm_encoder_outputs"] = encoded
         # Positions are given from here on; the deltas the model keeps for later calls match them.
         valid = kwargs.get("attention_mask")
@@ -357,13 +355,169 @@ class _Qwen2_5_VL:
         model.model.rope_deltas = (top + 1 - lengths).view(-1, 1)
         return kwargs
 
+    def needs_map(self, out) -> bool:
+        """Whether other per-token tensors must follow the reduction (DeepStack)."""
+        return False
+
+    def _encoded(self, out, reduced, dtype, frames):
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        return BaseModelOutputWithPooling(pooler_output=tuple(r.tokens.to(dtype) for r in reduced))
+
     @staticmethod
     def legacy_features(encoded):
         return encoded.pooler_output  # per video [K_v, D]; forward concatenates them
 
 
+class _Qwen2_5_VL(_QwenVL):
+    """Qwen2_5_VLForConditionalGeneration: one run of T x H/2 x W/2 placeholders per video; the
+    tower's tokens come in window order."""
+
+    def default_local_layer(self) -> int:
+        # The first full-attention block: a whole frame's context.
+        depth = len(self.layers)
+        full = [i for i in self.visual.fullatt_block_indexes if i < depth - 1]
+        return full[0] if full else depth // 4
+
+    def _runs(self, kwargs, grid_thw):
+        return _placeholders(kwargs, self.model.config.video_token_id,
+                             (grid_thw.prod(-1) // self.visual.spatial_merge_unit).tolist())
+
+    @staticmethod
+    def _rope_kwargs(kwargs):
+        return {"second_per_grid_ts": kwargs.get("second_per_grid_ts")}
+
+    def _pool(self, received: torch.Tensor, grid_thw: torch.Tensor) -> List[torch.Tensor]:
+        """Per-patch scores in the tower's window order -> per merged token, raster order, split
+        per video [T, H/2 * W/2]: the mean over each 2x2 merge unit (the merger's grouping)."""
+        from transformers.vision_utils import get_vision_window_index
+
+        vis = self.visual
+        window_index, _ = get_vision_window_index(grid_thw, spatial_merge_size=vis.spatial_merge_size,
+                                                  window_size=vis.window_size,
+                                                  patch_size=vis.patch_size)
+        merged = received.view(-1, vis.spatial_merge_unit).mean(1)[torch.argsort(window_index)]
+        return _per_video(merged, grid_thw, vis.spatial_merge_unit)
+
+
+class _Qwen3_VL(_QwenVL):
+    """Qwen3-VL, Qwen3-VL-MoE, Qwen3.5 and Qwen3.5-MoE (SPEC §11). Per video, one run of H/2 x
+    W/2 placeholders per temporal patch, each wrapped as `<t seconds><|vision_start|> ...
+    <|vision_end|>`: only the `<|video_pad|>` tokens are removed (the timestamps and the
+    start/end tokens stay, also around a temporal patch that keeps no token). The tower attends
+    within each temporal patch and emits its tokens in raster order (merge units in a row).
+    DeepStack (Qwen3-VL): the features the tower takes from several blocks, added to the first LM
+    layers at the video positions, are reduced with the same selection and merge weights as the
+    main features (the reducer's return_map). local_layer "auto": the first DeepStack block (8
+    of 27 for Qwen3-VL-8B), or a quarter of the depth (Qwen3.5)."""
+    family = "Qwen3-VL"
+
+    def default_local_layer(self) -> int:
+        depth = len(self.layers)
+        deep = [i for i in self._deepstack_layers() if i < depth - 1]
+        return deep[0] if deep else depth // 4
+
+    def _deepstack_layers(self) -> List[int]:
+        return list(getattr(self.visual, "deepstack_visual_indexes", None) or [])
+
+    def _runs(self, kwargs, grid_thw):
+        unit = self.visual.spatial_merge_unit
+        per_patch = (grid_thw[:, 1] * grid_thw[:, 2] // unit).tolist()
+        temporal = grid_thw[:, 0].tolist()
+        counts = [c for c, t in zip(per_patch, temporal) for _ in range(int(t))]
+        try:
+            runs = _placeholders(kwargs, self.model.config.video_token_id, counts)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (for {self.family}: one run of H/2 x W/2 `<|video_pad|>` per "
+                             f"temporal patch, T runs per video, each between <|vision_start|> "
+                             f"and <|vision_end|>)") from None
+        out = []  # regroup the runs per video: its T runs in order
+        bounds = [0]
+        for t in temporal:
+            bounds.append(bounds[-1] + int(t))
+        video = 0
+        for row in runs:
+            grouped, at = [], 0
+            while at < len(row):
+                t = bounds[video + 1] - bounds[video]
+                if at + t > len(row):
+                    raise ValueError(f"video {video}'s {t} temporal patches span two rows of "
+                                     f"input_ids")
+                grouped.append(torch.cat(row[at:at + t]))
+                at += t
+                video += 1
+            out.append(grouped)
+        return out
+
+    @staticmethod
+    def _rope_kwargs(kwargs):
+        return {}
+
+    def _pool(self, received: torch.Tensor, grid_thw: torch.Tensor) -> List[torch.Tensor]:
+        """Per-patch scores (raster merge units) -> per merged token [T, H/2 * W/2] per video."""
+        unit = self.visual.spatial_merge_unit
+        return _per_video(received.view(-1, unit).mean(1), grid_thw, unit)
+
+    def needs_map(self, out) -> bool:
+        return bool(getattr(out, "deepstack_features", None))
+
+    def _encoded(self, out, reduced, dtype, frames):
+        if not self.needs_map(out):
+            return super()._encoded(out, reduced, dtype, frames)
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import (
+            BaseModelOutputWithDeepstackFeatures)
+
+        sizes = [len(r) for r in out.pooler_output]
+        levels = []
+        for level in out.deepstack_features:
+            # 5.19+: a tuple per video; 5.17: one tensor [sum T N, D] per level
+            per_video = level if isinstance(level, (tuple, list)) else torch.split(level, sizes)
+            levels.append(tuple(
+                r.apply(x.view(t, -1, x.shape[-1])).to(dtype)
+                for r, x, t in zip(reduced, per_video, frames)))
+        return BaseModelOutputWithDeepstackFeatures(
+            pooler_output=tuple(r.tokens.to(dtype) for r in reduced), deepstack_features=levels)
+
+    @staticmethod
+    def legacy_features(encoded):
+        """5.17's forward reads get_video_features' whole output: pooler_output per video, and
+        DeepStack as one tensor per level."""
+        levels = getattr(encoded, "deepstack_features", None)
+        if levels:
+            encoded.deepstack_features = [torch.cat(level) for level in levels]
+        return encoded
+
+
+def _per_video(merged: torch.Tensor, grid_thw: torch.Tensor, unit: int) -> List[torch.Tensor]:
+    sizes = (grid_thw.prod(-1) // unit).tolist()
+    return [m.view(int(t), -1) for m, t in zip(torch.split(merged, sizes), grid_thw[:, 0])]
+
+
+def _in_position_order(reduced, tokens: int):
+    """The reduction with its tokens ascending by position (the model fills the kept
+    placeholders in column order); a reducer that places two tokens at one position cannot be
+    fed to a prompt with one placeholder per position."""
+    order = torch.argsort(reduced.positions)
+    ordered = reduced.positions[order]
+    if len(ordered) > 1 and bool((ordered[1:] == ordered[:-1]).any()):
+        raise ValueError("the reducer placed two tokens at one position (e.g. the authors' "
+                         "duplicate_anchors); a Qwen prompt has one placeholder per position")
+    if bool((order == torch.arange(len(order), device=order.device)).all()):
+        return reduced
+    import dataclasses
+
+    token_map = None if reduced.token_map is None else reduced.token_map.reordered(order)
+    return dataclasses.replace(reduced, tokens=reduced.tokens[order], positions=ordered,
+                               frame_ids=reduced.frame_ids[order], sizes=reduced.sizes[order],
+                               dynamic=reduced.dynamic[order], token_map=token_map)
+
+
 SUPPORTED = {"LlavaOnevisionForConditionalGeneration": _LlavaOnevision,
-             "Qwen2_5_VLForConditionalGeneration": _Qwen2_5_VL}
+             "Qwen2_5_VLForConditionalGeneration": _Qwen2_5_VL,
+             "Qwen3VLForConditionalGeneration": _Qwen3_VL,
+             "Qwen3VLMoeForConditionalGeneration": _Qwen3_VL,
+             "Qwen3_5ForConditionalGeneration": _Qwen3_VL,
+             "Qwen3_5MoeForConditionalGeneration": _Qwen3_VL}
 
 
 def _placeholders(kwargs: dict, token_id: int, counts: List[int]) -> List[List[torch.Tensor]]:
@@ -474,6 +628,10 @@ def patch(model, reducer, *, local_layer="auto", score_layers="auto"):
         unpatch(model)
     adapter = (SUPPORTED[name](model, local_layer, score_layers) if authors
                else SUPPORTED[name](model, local_layer))
+    if isinstance(adapter, _Qwen3_VL) and adapter._deepstack_layers() and not _takes_map(reducer):
+        raise TypeError(f"{name} adds DeepStack features at the video positions, which must be "
+                        f"reduced like the tokens: the reducer must accept return_map=True (every "
+                        f"aot_kernels reducer does), {type(reducer).__name__} does not")
     forward, generate = model.forward, model.generate
     forward_params = list(inspect.signature(forward).parameters)
     # Recent transformers (5.20, 5.23) take pre-encoded features (mm_encoder_outputs); 5.17 does
@@ -496,6 +654,11 @@ def patch(model, reducer, *, local_layer="auto", score_layers="auto"):
         run = adapter.reduce_authors if authors else adapter.reduce
         kwargs = run(reducer, kwargs, left)
         if not legacy:
+            if kwargs.get("pixel_values") is not None and isinstance(adapter, _QwenVL):
+                # The model takes pixels or encoder outputs, not both: encode the images too
+                # (untouched), as its forward would.
+                kwargs["mm_encoder_outputs"]["image"] = model.model.get_image_features(
+                    kwargs.pop("pixel_values"), kwargs.get("image_grid_thw"), return_dict=True)
             return kwargs, nullcontext()
         encoded = kwargs.pop("mm_encoder_outputs")
         kwargs["pixel_values_videos"] = video  # the model's forward then asks for its features
@@ -537,6 +700,14 @@ def patch(model, reducer, *, local_layer="auto", score_layers="auto"):
     return model
 
 
+def _takes_map(reducer) -> bool:
+    try:
+        params = inspect.signature(reducer).parameters
+    except (TypeError, ValueError):
+        return False
+    return "return_map" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def _with_prompt(out, prompt: torch.Tensor, short: int):
     """generate's output on the shortened prompt [R, short + T] (or its sequences) -> the caller's
     prompt [B, L] followed by the T generated tokens, as the unpatched model returns it
@@ -561,10 +732,14 @@ def _feeding(inner, video: torch.Tensor, features, feeding: list):
     placeholders match them). `feeding` tells the patched forward not to reduce again."""
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+    from transformers.utils import ModelOutput
+
     def fed(pixel_values_videos, *args, **kwargs):
         if pixel_values_videos is not video:  # generate expanded the batch (beams, samples)
             raise ValueError("num_beams / num_return_sequences > 1 on a patched model need a "
                              "transformers with mm_encoder_outputs (5.20 or later)")
+        if isinstance(features, ModelOutput):  # a whole output (Qwen3-VL: with DeepStack)
+            return features
         return BaseModelOutputWithPooling(pooler_output=features)
 
     inner.get_video_features = fed

@@ -38,6 +38,7 @@ PRESETS = {
     "llava-video-7b": Preset((13, 13), 64, {0.10: 108, 0.15: 144, 0.20: 176, 0.25: 198}),
     # No anchor table in the paper: anchors follow the default rule (AOTReducer docstring).
     "qwen2.5-vl-7b": Preset((16, 16), 16, {}),
+    "qwen3-vl-8b": Preset((14, 14), 16, {}),  # not in the paper: its grid, the default anchors
 }
 
 

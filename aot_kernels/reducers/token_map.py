@@ -85,6 +85,11 @@ class TokenMap:
                 table = torch.cat([table, out])
         return out.reshape(out.shape[0], *rest).to(values.dtype)
 
+    def reordered(self, order: torch.Tensor) -> "TokenMap":
+        """The same map with its outputs permuted: output k of the new map is output order[k]."""
+        base = self.frames * self.tokens + sum(_rows(s) for s in self.steps[:-1])
+        return TokenMap(self.frames, self.tokens, self.steps + (Take(base + order),), self.dtype)
+
     def matrix(self) -> torch.Tensor:
         """The map as a dense [K, F*N] matrix (for tests and inspection; K*F*N entries)."""
         eye = torch.eye(self.frames * self.tokens, dtype=self.dtype, device=self.device)

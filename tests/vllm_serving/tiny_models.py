@@ -20,6 +20,8 @@ import torch
 
 SIZE = 112  # frame side in pixels
 WORDS = [f"w{i}" for i in range(200)]  # plain text vocabulary: "w0 w1 ..."
+# Qwen3-VL's timestamps, "<1.5 seconds>", split by the whitespace/punctuation pre-tokenizer
+TIME_WORDS = list("0123456789") + [".", "<", ">", "seconds"]
 
 QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
                 "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
@@ -31,7 +33,7 @@ def _tokenizer(special: List[str], path: str):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {t: i for i, t in enumerate(special + WORDS + ["<unk>"])}
+    vocab = {t: i for i, t in enumerate(special + WORDS + TIME_WORDS + ["<unk>"])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.add_special_tokens(special)
@@ -77,6 +79,58 @@ def write_qwen2_5_vl(path: str, seed: int = 0, size: int = SIZE) -> str:
                                               temporal_patch_size=2),
         video_processor=Qwen2VLVideoProcessor(size=pixels, patch_size=14, merge_size=2,
                                               temporal_patch_size=2, do_sample_frames=False),
+        tokenizer=tok, chat_template=None)
+    processor.save_pretrained(path)
+    return path
+
+
+QWEN3_PATCH = 16  # the Qwen3-VL / Qwen3.5 ViT patch; frames must be multiples of 32 px
+
+
+def write_qwen3_vl(path: str, seed: int = 0, kind: str = "qwen3_vl") -> str:
+    """A tiny Qwen3-VL (kind="qwen3_vl", DeepStack from vision blocks 0 and 1) or Qwen3.5
+    (kind="qwen3_5": no DeepStack, a linear-attention and a full-attention layer) checkpoint in
+    `path` (created); returns path. Frames are not resized (a multiple of 32 px each side): an
+    H x W frame pair gives H/32 x W/32 tokens."""
+    import transformers
+    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    os.makedirs(path, exist_ok=True)
+    tok, vocab = _tokenizer(QWEN_SPECIAL, path)
+    torch.manual_seed(seed)
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
+                  out_hidden_size=128, patch_size=QWEN3_PATCH, temporal_patch_size=2,
+                  spatial_merge_size=2, num_position_embeddings=64, in_channels=3)
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [16, 8, 8],
+            "mrope_interleaved": True}
+    text = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                head_dim=64, intermediate_size=256, vocab_size=_vocab_size(vocab),
+                max_position_embeddings=4096, bos_token_id=vocab["<|endoftext|>"],
+                eos_token_id=vocab["<|im_end|>"], rope_parameters=rope)
+    tokens = dict(video_token_id=vocab["<|video_pad|>"], image_token_id=vocab["<|image_pad|>"],
+                  vision_start_token_id=vocab["<|vision_start|>"],
+                  vision_end_token_id=vocab["<|vision_end|>"])
+    if kind == "qwen3_vl":
+        cfg = transformers.Qwen3VLConfig(vision_config=dict(vision, deepstack_visual_indexes=[0, 1]),
+                                         text_config=text, **tokens)
+        model = transformers.Qwen3VLForConditionalGeneration(cfg)
+    elif kind == "qwen3_5":
+        text.update(layer_types=["linear_attention", "full_attention"], linear_conv_kernel_dim=4,
+                    linear_key_head_dim=32, linear_value_head_dim=32, linear_num_key_heads=2,
+                    linear_num_value_heads=4,
+                    rope_parameters=dict(rope, partial_rotary_factor=1.0))
+        cfg = transformers.Qwen3_5Config(vision_config=vision, text_config=text, **tokens)
+        model = transformers.Qwen3_5ForConditionalGeneration(cfg)
+    else:
+        raise ValueError(f"kind must be 'qwen3_vl' or 'qwen3_5', got {kind!r}")
+    cfg.torch_dtype = "float32"
+    model.save_pretrained(path)
+    common = dict(patch_size=QWEN3_PATCH, merge_size=2, temporal_patch_size=2)
+    processor = Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(do_resize=False, **common),
+        video_processor=Qwen3VLVideoProcessor(do_resize=False, do_sample_frames=False,
+                                              cap_pixels_per_frame=False, **common),
         tokenizer=tok, chat_template=None)
     processor.save_pretrained(path)
     return path
