@@ -70,7 +70,8 @@ def test_baseline_map_is_what_its_merge_did(name, merge):
 
 @pytest.mark.parametrize("config", [dict(), dict(pool="average"), dict(duplicate_anchors=False),
                                     dict(pool="average", inter=False),
-                                    dict(keep_ratio=0.1, clip_len=3, nn_blend=0.0)],
+                                    dict(keep_ratio=0.1, clip_len=3, nn_blend=0.0),
+                                    dict(spatial=0.0)],
                          ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()) or "default")
 def test_authors_map_is_its_fold_pool_and_merges(config):
     """The released pipeline: spatial cost, nearest-anchor blend, the model's pooling, the >= 0.5

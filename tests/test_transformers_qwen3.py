@@ -237,6 +237,31 @@ def test_left_padded_batch_of_two_generates_like_each_alone(kind):
         assert torch.equal(both[b, -4:], one[0, -4:]), (kind, b)
 
 
+@pytest.mark.parametrize("kind", ["qwen3_vl", "qwen3_5"])
+def test_a_row_without_a_video_in_the_batch(kind):
+    """A text-only row next to a video row, left-padded: each generates as it does alone."""
+    model = model_of(kind)
+    ids, mask, pixels, thw = inputs([(2, 8, 8)])
+    text = torch.tensor([[1, 2, 3, 4, 5]])
+    pad = ids.shape[1] - text.shape[1]
+    both_ids = torch.cat([ids, torch.cat([torch.zeros(1, pad, dtype=torch.long), text], 1)])
+    both_mask = torch.cat([mask, torch.cat([torch.zeros(1, pad, dtype=torch.long),
+                                            torch.ones_like(text)], 1)])
+    patch(model, AOTReducer(0.25))
+    try:
+        with torch.no_grad():
+            both = model.generate(input_ids=both_ids, attention_mask=both_mask,
+                                  pixel_values_videos=pixels, video_grid_thw=thw,
+                                  max_new_tokens=3, do_sample=False)
+            video_alone = model.generate(input_ids=ids, pixel_values_videos=pixels,
+                                         video_grid_thw=thw, max_new_tokens=3, do_sample=False)
+            text_alone = model.generate(input_ids=text, max_new_tokens=3, do_sample=False)
+    finally:
+        unpatch(model)
+    assert torch.equal(both[0, -3:], video_alone[0, -3:])
+    assert torch.equal(both[1, -3:], text_alone[0, -3:])
+
+
 @pytest.mark.parametrize("kind", ["qwen3_5", "qwen3_5_moe"])
 def test_hybrid_layers_give_a_padded_row_its_own_logits(kind):
     """Qwen3.5's Gated DeltaNet layers with re-padding: the shorter row's last logits in the
@@ -303,6 +328,19 @@ def test_errors_are_named():
 
     with pytest.raises(TypeError, match="return_map"):
         patch(model, plain)  # DeepStack needs the reducer's map
+
+    def ignoring(features, scores, local_scores=None, *, grid=None, **kwargs):
+        return plain(features, scores, local_scores, grid=grid)
+
+    patch(model, ignoring)
+    try:
+        with pytest.raises(TypeError, match="returned no token_map"):
+            model(input_ids=ids, pixel_values_videos=pixels, video_grid_thw=thw)
+        with pytest.raises(ValueError, match="^position_ids with pixel_values_videos[^(]*$"):
+            model(input_ids=ids, pixel_values_videos=pixels, video_grid_thw=thw,
+                  position_ids=torch.zeros_like(ids))
+    finally:
+        unpatch(model)
     patch(model_of("qwen3_5"), plain).__call__  # no DeepStack: any reducer
     unpatch(model_of("qwen3_5"))
     with pytest.raises(TypeError, match="Qwen3VLForConditionalGeneration"):
@@ -332,13 +370,13 @@ def test_tokens_go_to_the_placeholders_in_position_order():
                                    frame_ids=out.frame_ids[order], sizes=out.sizes[order],
                                    dynamic=out.dynamic[order],
                                    token_map=out.token_map.reordered(order))
-    back = integ._in_position_order(shuffled, 64)
+    back = integ._in_position_order(shuffled)
     assert torch.equal(back.positions, out.positions)
     torch.testing.assert_close(back.tokens, out.tokens, rtol=0, atol=0)
     torch.testing.assert_close(back.apply(feats), out.tokens, rtol=0, atol=1e-5)
     twice = dataclasses.replace(out, positions=torch.zeros_like(out.positions))
     with pytest.raises(ValueError, match="two tokens at one position"):
-        integ._in_position_order(twice, 64)
+        integ._in_position_order(twice)
 
 
 @pytest.mark.parametrize("kind", ["qwen3_vl", "qwen3_5"])
@@ -373,7 +411,8 @@ def test_an_image_and_a_video_in_one_prompt(kind):
     image_pixels = torch.randn(64, 3 * 2 * PATCH * PATCH, generator=torch.Generator().manual_seed(4))
     image_thw = torch.tensor([[1, 8, 8]])
     seen, hook = lm_inputs(model)
-    patch(model, AOTReducer(0.25))
+    recording = Recording(AOTReducer(0.25))
+    patch(model, recording)
     try:
         with torch.no_grad():
             model(input_ids=ids, pixel_values=image_pixels, image_grid_thw=image_thw,
@@ -389,6 +428,16 @@ def test_an_image_and_a_video_in_one_prompt(kind):
                                          video_grid_thw=thw)
     image_cols = torch.nonzero(ids[0] == IMAGE).flatten()
     assert torch.equal(kw["position_ids"][1:, 0, image_cols], full[:, 0, image_cols])
-    if kind == "qwen3_vl":
-        assert kw["deepstack_visual_embeds"][0].shape == (16 + 8, 32)
+    if kind == "qwen3_vl":  # image features at the image's slots, the map's at the video's
+        with torch.no_grad():
+            image = model.model.get_image_features(image_pixels, image_thw, return_dict=True)
+            video = model.model.get_video_features(pixels, thw, return_dict=True)
+        (reduced,) = recording.calls[0]
+        for got, im, vid in zip(kw["deepstack_visual_embeds"], image.deepstack_features,
+                                video.deepstack_features):
+            im = im[0] if isinstance(im, (tuple, list)) else im
+            vid = vid[0] if isinstance(vid, (tuple, list)) else vid
+            assert got.shape == (16 + 8, 32)
+            torch.testing.assert_close(got[:16], im)
+            torch.testing.assert_close(got[16:], reduced.apply(vid.view(2, 16, -1)))
     assert torch.equal(out[:, :ids.shape[1]], ids)

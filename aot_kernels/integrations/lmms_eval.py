@@ -40,6 +40,7 @@ from __future__ import annotations
 import os
 from typing import List, Optional
 
+import numpy as np
 import torch
 from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
@@ -390,8 +391,10 @@ class AOTQwen3_VL(AOTQwen2_5_VL):
             got = footage.read_sampled(path, self.max_frames_num, at_most=True)
         except (ValueError, FileNotFoundError) as exc:
             raise ValueError(f"{where}: {exc}") from None
-        return got.frames, {"total_num_frames": got.total, "fps": got.fps,
-                            "frames_indices": got.indices}
+        frames, indices = got.frames, got.indices
+        if len(indices) == 1:  # a temporal patch is 2 frames: a 1-frame video repeats its frame
+            frames, indices = np.concatenate([frames, frames]), indices * 2
+        return frames, {"total_num_frames": got.total, "fps": got.fps, "frames_indices": indices}
 
     def _video_kwargs(self, metadata: list) -> dict:
         kwargs = super()._video_kwargs(metadata)

@@ -333,7 +333,11 @@ class _QwenVL:
                          [scores[v] for v in which],
                          None if local is None else [local[v] for v in which], grid=grid)
             for v, r in zip(which, got_v):
-                reduced[v] = _in_position_order(r, frames[v] * grid[0] * grid[1])
+                if call is not reducer and r.token_map is None:
+                    raise TypeError(f"{type(reducer).__name__} was called with return_map=True "
+                                    f"but returned no token_map: DeepStack needs the reduction's "
+                                    f"operator (ReducedVideo.token_map)")
+                reduced[v] = _in_position_order(r)
         keep, kept_positions, video = [], [], 0
         for b, runs in enumerate(places):
             row = torch.ones(ids.shape[1], dtype=torch.bool, device=ids.device)
@@ -428,6 +432,8 @@ class _Qwen3_VL(_QwenVL):
         try:
             runs = _placeholders(kwargs, self.model.config.video_token_id, counts)
         except ValueError as exc:
+            if not str(exc).startswith(("row ", "input_ids hold")):  # not about the layout
+                raise
             raise ValueError(f"{exc} (for {self.family}: one run of H/2 x W/2 `<|video_pad|>` per "
                              f"temporal patch, T runs per video, each between <|vision_start|> "
                              f"and <|vision_end|>)") from None
@@ -493,7 +499,7 @@ def _per_video(merged: torch.Tensor, grid_thw: torch.Tensor, unit: int) -> List[
     return [m.view(int(t), -1) for m, t in zip(torch.split(merged, sizes), grid_thw[:, 0])]
 
 
-def _in_position_order(reduced, tokens: int):
+def _in_position_order(reduced):
     """The reduction with its tokens ascending by position (the model fills the kept
     placeholders in column order); a reducer that places two tokens at one position cannot be
     fed to a prompt with one placeholder per position."""
@@ -546,7 +552,7 @@ def _placeholders(kwargs: dict, token_id: int, counts: List[int]) -> List[List[t
             row.append(run)
             start += want
             video += 1
-        if not row or (shared and len(row) != 1):
+        if shared and len(row) != 1:  # per-video counts: a row may hold no video
             raise ValueError(f"row {b} of input_ids has {len(place)} video placeholders; the patch "
                              f"expects {'one video of ' + str(counts[0]) if shared else 'its videos'}"
                              " per row, expanded by the processor")

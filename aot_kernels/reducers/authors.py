@@ -207,9 +207,11 @@ class AuthorsAOTReducer:
         rows = own
         if picked.sources.shape[1]:
             x, y = take(feats, picked.anchors), take(feats, picked.sources)
+            spatial = {} if not self.spatial else dict(  # spatial 0: no positions (SPEC §8.4)
+                anchor_pos=pos[picked.anchors], source_pos=pos[picked.sources],
+                spatial=self.spatial)
             out = sinkhorn_aggregate(
-                x, y, anchor_pos=pos[picked.anchors], source_pos=pos[picked.sources],
-                spatial=self.spatial, stop="scaling", eps=self.eps, max_iter=self.max_iter,
+                x, y, **spatial, stop="scaling", eps=self.eps, max_iter=self.max_iter,
                 tol=self.tol, nn_blend=self.nn_blend, backend=self.backend, check_values=False,
                 return_plan=return_map)
             maps.scatter_(1, picked.anchors.unsqueeze(2).expand(-1, -1, d), out.tokens)

@@ -77,12 +77,17 @@ class TokenMap:
     def _run(self, values: torch.Tensor) -> torch.Tensor:
         rest = values.shape[2:]
         cd = torch.promote_types(self.dtype, values.dtype)
-        table = values.reshape(self.frames * self.tokens, -1).to(cd)
-        out = table
-        for step in self.steps:
-            out = _apply(step, table)
-            if step is not self.steps[-1]:
-                table = torch.cat([table, out])
+        flat = values.reshape(self.frames * self.tokens, -1)
+        # One table for the inputs and every intermediate step's rows (no copy per step).
+        filled = flat.shape[0]
+        table = flat.new_empty(filled + sum(_rows(s) for s in self.steps[:-1]), flat.shape[1],
+                               dtype=cd)
+        table[:filled] = flat
+        for step in self.steps[:-1]:
+            rows = _rows(step)
+            table[filled:filled + rows] = _apply(step, table[:filled])
+            filled += rows
+        out = _apply(self.steps[-1], table[:filled])
         return out.reshape(out.shape[0], *rest).to(values.dtype)
 
     def reordered(self, order: torch.Tensor) -> "TokenMap":
