@@ -131,6 +131,8 @@ def test_batches_and_lists_carry_one_map_per_video():
                                        return_map=True).apply(extra[1, :4]))
     with pytest.raises(ValueError, match=r"values must have shape \[2, 6, 16"):
         batch.apply(extra[0])
+    assert batch.token_map.matrix().shape == (2, len(batch), 6 * 16)
+    assert batch.token_map.device == feats.device and len(batch.token_map) == 2
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -117,10 +117,18 @@ class TokenMaps:
     def __repr__(self) -> str:
         return f"TokenMaps({len(self.maps)} x {self.maps[0]!r})"
 
+    @property
+    def device(self) -> torch.device:
+        return self.maps[0].device
+
     def __call__(self, values: torch.Tensor) -> torch.Tensor:
         first = self.maps[0]
         _check(values, (len(self.maps), first.frames, first.tokens), first.device, "values")
         return torch.stack([m._run(v) for m, v in zip(self.maps, values)])
+
+    def matrix(self) -> torch.Tensor:
+        """[B, K, F*N]: each video's map as a dense matrix (TokenMap.matrix)."""
+        return torch.stack([m.matrix() for m in self.maps])
 
 
 def _rows(step: Step) -> int:

@@ -116,8 +116,9 @@ def write_qwen3_vl(path: str, seed: int = 0, kind: str = "qwen3_vl") -> str:
                                          text_config=text, **tokens)
         model = transformers.Qwen3VLForConditionalGeneration(cfg)
     elif kind == "qwen3_5":
+        # linear-attention heads of 64: vLLM's CPU gated-delta kernel takes 64 or 128 (and bf16)
         text.update(layer_types=["linear_attention", "full_attention"], linear_conv_kernel_dim=4,
-                    linear_key_head_dim=32, linear_value_head_dim=32, linear_num_key_heads=2,
+                    linear_key_head_dim=64, linear_value_head_dim=64, linear_num_key_heads=2,
                     linear_num_value_heads=4,
                     rope_parameters=dict(rope, partial_rotary_factor=1.0))
         cfg = transformers.Qwen3_5Config(vision_config=vision, text_config=text, **tokens)
