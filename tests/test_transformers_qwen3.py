@@ -15,6 +15,7 @@ transformers = pytest.importorskip("transformers")
 from aot_kernels import AOTReducer, reducers  # noqa: E402
 from aot_kernels.integrations import transformers as integ  # noqa: E402
 from aot_kernels.integrations.transformers import patch, unpatch  # noqa: E402
+from test_transformers_integration import Recording  # noqa: E402
 
 VIDEO, IMAGE, START, END = 290, 291, 292, 293
 PATCH = 16  # the Qwen3-VL / Qwen3.5 ViT patch (Qwen2.5-VL's is 14)
@@ -89,23 +90,24 @@ def types(ids):
     return (ids == IMAGE).int() + 2 * (ids == VIDEO).int()
 
 
-class Recording:
-    """A reducer that remembers what it returned (and accepts return_map like the real ones)."""
-
-    def __init__(self, reducer):
-        self.reducer, self.calls = reducer, []
-
-    def __call__(self, *args, **kwargs):
-        out = self.reducer(*args, **kwargs)
-        self.calls.append(out)
-        return out
-
-
 def lm_inputs(model):
     seen = []
     hook = model.model.language_model.register_forward_pre_hook(
         lambda module, args, kwargs: seen.append(kwargs), with_kwargs=True)
     return seen, hook
+
+
+def prefill(model, reducer, **call):
+    """The keyword arguments the language model gets in one patched forward."""
+    seen, hook = lm_inputs(model)
+    patch(model, reducer)
+    try:
+        with torch.no_grad():
+            model(**call)
+    finally:
+        unpatch(model)
+        hook.remove()
+    return seen[0]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -132,16 +134,8 @@ def test_prefill_keeps_the_wrappers_and_the_reduced_tokens_at_their_positions(ki
     model = model_of(kind)
     ids, mask, pixels, thw = inputs([(4, 8, 8)])
     recording = Recording(AOTReducer(0.25, lam_inter=1.0, clip_len=2))
-    seen, hook = lm_inputs(model)
-    patch(model, recording)
-    try:
-        with torch.no_grad():
-            model(input_ids=ids, pixel_values_videos=pixels, video_grid_thw=thw)
-    finally:
-        unpatch(model)
-        hook.remove()
+    kw = prefill(model, recording, input_ids=ids, pixel_values_videos=pixels, video_grid_thw=thw)
     (reduced,) = recording.calls[0]
-    kw = seen[0]
     text = int((ids != VIDEO).sum())
     assert len(reduced) == round(0.25 * 4 * 16)
     assert kw["inputs_embeds"].shape[1] == text + len(reduced)
@@ -178,16 +172,10 @@ def test_a_temporal_patch_that_keeps_nothing_keeps_its_timestamp_and_wrappers():
     the later patches stay as `<t seconds><|vision_start|><|vision_end|>`."""
     model = model_of("qwen3_vl")
     ids, mask, pixels, thw = inputs([(4, 8, 8)])
-    seen, hook = lm_inputs(model)
-    patch(model, reducers.build("dycoke", retention=0.25))
-    try:
-        with torch.no_grad():
-            model(input_ids=ids, pixel_values_videos=pixels, video_grid_thw=thw)
-    finally:
-        unpatch(model)
-        hook.remove()
-    assert seen[0]["inputs_embeds"].shape[1] == int((ids != VIDEO).sum()) + 16
-    assert seen[0]["deepstack_visual_embeds"][0].shape == (16, 32)
+    kw = prefill(model, reducers.build("dycoke", retention=0.25), input_ids=ids,
+                 pixel_values_videos=pixels, video_grid_thw=thw)
+    assert kw["inputs_embeds"].shape[1] == int((ids != VIDEO).sum()) + 16
+    assert kw["deepstack_visual_embeds"][0].shape == (16, 32)
 
 
 @pytest.mark.parametrize("kind", KINDS)

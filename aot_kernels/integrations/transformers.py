@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from abc import ABC, abstractmethod
 import math
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -274,7 +275,7 @@ class _LlavaOnevision:
         return kwargs
 
 
-class _QwenVL:
+class _QwenVL(ABC):
     """What the Qwen adapters share: videos come as patches with video_grid_thw [V, 3]; the LM
     sees T x (H/2) x (W/2) merged tokens per video (2 frames per temporal patch), placed with 3-D
     M-RoPE positions that the patch gathers from the full prompt's positions at the kept tokens'
@@ -295,8 +296,21 @@ class _QwenVL:
         if local_layer is not None and not -depth <= local_layer < depth:
             raise ValueError(f"local_layer={local_layer} is outside the vision tower's {depth} blocks")
 
+    @abstractmethod
     def default_local_layer(self) -> int:
-        raise NotImplementedError
+        """The vision block for local scores when local_layer="auto"."""
+
+    @abstractmethod
+    def _runs(self, kwargs, grid_thw) -> List[List[torch.Tensor]]:
+        """Per row of input_ids, per video: its placeholder columns in token order."""
+
+    @abstractmethod
+    def _rope_kwargs(self, kwargs) -> dict:
+        """Extra keywords for the model's get_rope_index."""
+
+    @abstractmethod
+    def _pool(self, received: torch.Tensor, grid_thw: torch.Tensor) -> List[torch.Tensor]:
+        """The tower's per-patch scores -> per merged token [T, H/2 * W/2], per video."""
 
     def reduce(self, reducer, kwargs, left: bool) -> dict:
         model, cfg = self.model, self.model.config

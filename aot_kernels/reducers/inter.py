@@ -165,19 +165,18 @@ def clip_weights(inter: InterResult, lam: float, eps: float, anchor_weight) -> t
     frame l's block. lam = 0: the first frame's tokens, as they are."""
     frames, out = inter.frames, inter.out
     c, length, m, _ = frames.shape
-    wdt = torch.float64 if frames.dtype == torch.float64 else torch.float32
-    eye = torch.eye(m, dtype=wdt, device=frames.device).expand(c, m, m)
-    blocks = [eye] + [eye.new_zeros(c, m, m) for _ in range(1, length)]
-    if lam == 0 or length == 1:
-        return torch.cat(blocks, 2)
     cd = composite.compute_dtype(frames.dtype)
+    eye = torch.eye(m, dtype=cd, device=frames.device).expand(c, m, m)
+    blocks = [eye] + [eye.new_zeros(c, m, m) for _ in range(1, length)]
+    if length == 1:  # no later frame: nothing to replay
+        return torch.cat(blocks, 2)
     f, g = out.f.to(cd), out.g.to(cd)
     steps: List[torch.Tensor] = []
     composite.clip_aggregate(frames, inter.clips.lengths, inter.sizes, anchor_weight, eps, lam,
                              1, 0.0, replay=(lambda l, cost: (f[:, l], g[:, l]), out.kept),
                              trace=steps)
     for l, weight in enumerate(steps, 1):
-        weight = weight.to(wdt)
+        weight = weight.to(cd)
         norm = (1.0 + lam * weight.sum(2, keepdim=True))
         blocks = [b / norm for b in blocks[:l]] + [lam * weight / norm] + blocks[l + 1:]
     return torch.cat(blocks, 2)
