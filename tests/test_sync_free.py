@@ -13,8 +13,15 @@ from aot_kernels.reducers.video import token_budget
 
 
 def _basic_getitem(x, index):
-    """x[index] for ints, slices, None and ... only, as select / slice / unsqueeze."""
+    """x[index] for ints, slices, None and ... , as select / slice / unsqueeze; or for tensor
+    indices mixed with full slices, as aten.index (a boolean mask there raises on fake tensors:
+    its size depends on the data)."""
     index = index if isinstance(index, tuple) else (index,)
+    if any(isinstance(i, torch.Tensor) for i in index):
+        if not all(isinstance(i, torch.Tensor) or i == slice(None) for i in index):
+            raise NotImplementedError(f"tensor indices with full slices only, got {index!r}")
+        return torch.ops.aten.index.Tensor(
+            x, [i if isinstance(i, torch.Tensor) else None for i in index])
     if not all(i is None or i is Ellipsis or isinstance(i, slice)
                or (isinstance(i, int) and not isinstance(i, bool)) for i in index):
         raise NotImplementedError(f"only basic indexing is routed, got {index!r}")
@@ -37,8 +44,8 @@ class _NoDeviceGuard(TorchFunctionMode):
     """On a CPU-only torch, a few hand-written Tensor methods fail on (fake) CUDA tensors
     before they dispatch: they set a CUDA device guard. Route the ones the reducer uses to
     equivalent ops whose fake kernels need no GPU: basic indexing (x[...] with ints, slices,
-    None), assignment to such an index, ~x and .contiguous() (the Triton launchers). Tensor indices are not routed (the code
-    under test uses index_select)."""
+    None; tensor indices with full slices), assignment to a basic index, ~x and .contiguous()
+    (the Triton launchers)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func is torch.Tensor.__getitem__:

@@ -17,6 +17,7 @@ from importlib.metadata import entry_points  # noqa: E402
 from aot_kernels import AOTReducer, reducers  # noqa: E402
 from aot_kernels.reducers.scores import self_attention_scores  # noqa: E402
 from aot_kernels.integrations import vllm as plugin  # noqa: E402
+from serving import serve, tokens_and_logprobs  # noqa: E402
 from tiny_models import (random_video, video_metadata, write_llava_onevision,  # noqa: E402
                          write_qwen2_5_vl)
 
@@ -136,74 +137,6 @@ def checkpoints(tmp_path_factory):
     return paths
 
 
-def stock_classes(use_stock: bool) -> None:
-    """Register vLLM's own classes (use_stock) or the plugin's under the architecture names. The
-    plugin is loaded first, so vLLM's one-time plugin loading cannot undo the choice. (vLLM
-    resolves a checkpoint path's class once per process: stock runs use their own copy.)"""
-    from vllm import ModelRegistry
-    from vllm.model_executor.models.llava_onevision import LlavaOnevisionForConditionalGeneration
-    from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
-    from vllm.plugins import load_general_plugins
-
-    load_general_plugins()
-    if use_stock:
-        ModelRegistry.register_model("Qwen2_5_VLForConditionalGeneration",
-                                     Qwen2_5_VLForConditionalGeneration)
-        ModelRegistry.register_model("LlavaOnevisionForConditionalGeneration",
-                                     LlavaOnevisionForConditionalGeneration)
-    else:
-        plugin.register()
-
-
-class Recorder:
-    """Wraps a model's methods (instance attributes) to keep what they return, on the CPU."""
-
-    def __init__(self):
-        self.calls = {}
-
-    def wrap(self, model, name):
-        inner = getattr(model, name)
-
-        def wrapped(*args, **kwargs):
-            out = inner(*args, **kwargs)
-            self.calls.setdefault(name, []).append((args, kwargs, out))
-            return out
-
-        setattr(model, name, wrapped)
-
-
-def serve(path, prompts, *, aot=None, use_stock=False, **engine):
-    """Generate 3 greedy tokens (with logprobs) for each prompt; returns (outputs, recorder,
-    hf_config, model class name). aot: the hf_overrides entry, or None; engine: more LLM
-    arguments."""
-    from vllm import LLM, SamplingParams
-    from vllm.distributed import cleanup_dist_env_and_memory
-
-    stock_classes(use_stock)
-    kwargs = {} if aot is None else {"hf_overrides": {plugin.KEY: aot}}
-    engine.setdefault("limit_mm_per_prompt", {"video": 1, "image": 0})
-    llm = LLM(model=path, enforce_eager=True, max_model_len=1024, dtype="float32", seed=0,
-              max_num_seqs=4,
-              gpu_memory_utilization=0.1, kv_cache_memory_bytes=1 << 26, **kwargs, **engine)
-    rec = Recorder()
-
-    def install(model):
-        for name in ("_process_video_input", "_postprocess_video_embeds_evs",
-                     "recompute_mrope_positions", "_video_pixels_to_features",
-                     "_process_video_pixels"):
-            if hasattr(model, name):
-                rec.wrap(model, name)
-        return type(model).__name__
-
-    names = llm.apply_model(install)
-    outs = llm.generate(prompts, vllm.SamplingParams(max_tokens=3, temperature=0, logprobs=1))
-    hf_config = llm.llm_engine.model_config.hf_config
-    del llm
-    gc.collect()
-    cleanup_dist_env_and_memory()
-    return outs, rec, hf_config, names[0]
-
-
 def qwen_prompts():
     return [{"prompt": QWEN_PROMPT,
              "multi_modal_data": {"video": (random_video(f, seed), video_metadata(f))}}
@@ -213,11 +146,6 @@ def qwen_prompts():
 def llava_prompts():
     return [{"prompt": LLAVA_PROMPT, "multi_modal_data": {"video": random_video(f, seed)}}
             for seed, f in enumerate(LLAVA_FRAMES)]
-
-
-def tokens_and_logprobs(outs):
-    return [(list(o.prompt_token_ids), list(o.outputs[0].token_ids),
-             [next(iter(lp.values())).logprob for lp in o.outputs[0].logprobs]) for o in outs]
 
 
 @pytest.fixture(scope="module")

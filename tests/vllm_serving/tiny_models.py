@@ -87,11 +87,16 @@ def write_qwen2_5_vl(path: str, seed: int = 0, size: int = SIZE) -> str:
 QWEN3_PATCH = 16  # the Qwen3-VL / Qwen3.5 ViT patch; frames must be multiples of 32 px
 
 
+QWEN3_KINDS = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
+
+
 def write_qwen3_vl(path: str, seed: int = 0, kind: str = "qwen3_vl") -> str:
-    """A tiny Qwen3-VL (kind="qwen3_vl", DeepStack from vision blocks 0 and 1) or Qwen3.5
-    (kind="qwen3_5": no DeepStack, a linear-attention and a full-attention layer) checkpoint in
+    """A tiny Qwen3-VL (kind="qwen3_vl", DeepStack from vision blocks 0 and 1), Qwen3-VL-MoE
+    ("qwen3_vl_moe": the same with 4 experts, top 2), Qwen3.5 ("qwen3_5": no DeepStack, a
+    linear-attention and a full-attention layer) or Qwen3.5-MoE ("qwen3_5_moe") checkpoint in
     `path` (created); returns path. Frames are not resized (a multiple of 32 px each side): an
-    H x W frame pair gives H/32 x W/32 tokens."""
+    H x W frame pair gives H/32 x W/32 tokens. The MoE kinds are written as the published
+    checkpoints are, which vLLM loads (see _published_moe)."""
     import transformers
     from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
@@ -111,22 +116,35 @@ def write_qwen3_vl(path: str, seed: int = 0, kind: str = "qwen3_vl") -> str:
     tokens = dict(video_token_id=vocab["<|video_pad|>"], image_token_id=vocab["<|image_pad|>"],
                   vision_start_token_id=vocab["<|vision_start|>"],
                   vision_end_token_id=vocab["<|vision_end|>"])
-    if kind == "qwen3_vl":
-        cfg = transformers.Qwen3VLConfig(vision_config=dict(vision, deepstack_visual_indexes=[0, 1]),
-                                         text_config=text, **tokens)
-        model = transformers.Qwen3VLForConditionalGeneration(cfg)
-    elif kind == "qwen3_5":
+    if kind not in QWEN3_KINDS:
+        raise ValueError(f"kind must be one of {QWEN3_KINDS}, got {kind!r}")
+    if kind.endswith("_moe"):
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64)
+    if kind.startswith("qwen3_vl"):
+        if kind == "qwen3_vl_moe":
+            text.update(decoder_sparse_step=1)
+        config, model = ((transformers.Qwen3VLMoeConfig, transformers.Qwen3VLMoeForConditionalGeneration)
+                         if kind == "qwen3_vl_moe" else
+                         (transformers.Qwen3VLConfig, transformers.Qwen3VLForConditionalGeneration))
+        cfg = config(vision_config=dict(vision, deepstack_visual_indexes=[0, 1]),
+                     text_config=text, **tokens)
+    else:
         # linear-attention heads of 64: vLLM's CPU gated-delta kernel takes 64 or 128 (and bf16)
         text.update(layer_types=["linear_attention", "full_attention"], linear_conv_kernel_dim=4,
                     linear_key_head_dim=64, linear_value_head_dim=64, linear_num_key_heads=2,
                     linear_num_value_heads=4,
                     rope_parameters=dict(rope, partial_rotary_factor=1.0))
-        cfg = transformers.Qwen3_5Config(vision_config=vision, text_config=text, **tokens)
-        model = transformers.Qwen3_5ForConditionalGeneration(cfg)
-    else:
-        raise ValueError(f"kind must be 'qwen3_vl' or 'qwen3_5', got {kind!r}")
+        if kind == "qwen3_5_moe":
+            text.update(shared_expert_intermediate_size=64)
+        config, model = ((transformers.Qwen3_5MoeConfig, transformers.Qwen3_5MoeForConditionalGeneration)
+                         if kind == "qwen3_5_moe" else
+                         (transformers.Qwen3_5Config, transformers.Qwen3_5ForConditionalGeneration))
+        cfg = config(vision_config=vision, text_config=text, **tokens)
+    model = model(cfg)
     cfg.torch_dtype = "float32"
     model.save_pretrained(path)
+    if kind == "qwen3_vl_moe":
+        _published_moe(path)
     common = dict(patch_size=QWEN3_PATCH, merge_size=2, temporal_patch_size=2)
     processor = Qwen3VLProcessor(
         image_processor=Qwen2VLImageProcessor(do_resize=False, **common),
@@ -135,6 +153,25 @@ def write_qwen3_vl(path: str, seed: int = 0, kind: str = "qwen3_vl") -> str:
         tokenizer=tok, chat_template=None)
     processor.save_pretrained(path)
     return path
+
+
+def _published_moe(path: str) -> None:
+    """Qwen3-VL-MoE as the published checkpoints store it, which vLLM 0.32 reads: fused expert
+    weights [E, in, out] (transformers 5.19 saves [E, out, in]) and `num_experts` /
+    `norm_topk_prob` in the text config (5.19 writes num_local_experts and no norm_topk_prob)."""
+    from safetensors.torch import load_file, save_file
+
+    file = os.path.join(path, "model.safetensors")
+    weights = load_file(file)
+    for key in list(weights):
+        if key.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj")):
+            weights[key] = weights[key].transpose(1, 2).contiguous()
+    save_file(weights, file, metadata={"format": "pt"})
+    with open(os.path.join(path, "config.json")) as f:
+        config = json.load(f)
+    config["text_config"].update(num_experts=4, norm_topk_prob=True)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
 
 
 def write_llava_onevision(path: str, seed: int = 0) -> str:

@@ -1,10 +1,11 @@
-"""AOT (or any fixed-budget reducer of ours) inside vLLM's Qwen2.5-VL and LLaVA-OneVision.
+"""AOT (or any fixed-budget reducer of ours) inside vLLM's Qwen2.5-VL, Qwen3-VL family and
+LLaVA-OneVision.
 
 A vLLM general plugin (entry point group `vllm.general_plugins`, name `aot_kernels`; install
-`aot_kernels[vllm]`). vLLM loads it in every process; `register()` re-registers
-Qwen2_5_VLForConditionalGeneration and LlavaOnevisionForConditionalGeneration (which also serves
-the LLaVA-Video checkpoints) with subclasses of vLLM's own classes (models.py). They behave exactly
-like vLLM's until a reduction is configured, the vLLM way:
+`aot_kernels[vllm]`). vLLM loads it in every process; `register()` re-registers the architectures
+in ARCHITECTURES (Qwen2.5-VL; Qwen3-VL, Qwen3-VL-MoE, Qwen3.5, Qwen3.5-MoE; LLaVA-OneVision, which
+also serves the LLaVA-Video checkpoints) with subclasses of vLLM's own classes (models.py,
+qwen3.py). They behave exactly like vLLM's until a reduction is configured, the vLLM way:
 
     vllm serve Qwen/Qwen2.5-VL-7B-Instruct \\
         --hf-overrides '{"aot_kernels": {"reducer": "aot", "retention": 0.1}}'
@@ -15,15 +16,17 @@ JSON object of reducer keywords, e.g. '{"num_anchors": 126}'). The hf_overrides 
 
 What happens then (per video of F frames, N tokens each, in the model's token grid):
 - the multimodal processor writes K = round(retention F N) video placeholders instead of F N
-  (LLaVA-OneVision: K + 1 with the newline), so the scheduler, the KV cache and the prompt length
-  are the reduced ones from the start;
+  (LLaVA-OneVision: K + 1 with the newline; Qwen3: all K in the first temporal patch's slot,
+  every timestamp and delimiter kept), so the scheduler, the KV cache and the prompt length are
+  the reduced ones from the start;
 - the model runs its own vision encoder, then the reducer on the video's embeddings [F, N, D]
   (scores: the mean self-attention each token receives, per frame, `reducers.scores.self_attention_scores`)
-  and hands exactly K tokens (+ newline) to the placeholders, in the reducer's output order;
-- Qwen2.5-VL: each kept token keeps its original 3-D M-RoPE position (its frame, row, column),
-  through vLLM's pruning interface (SupportsMultiModalPruning.recompute_mrope_positions, the path
-  vLLM's EVS uses): the model appends the positions to the embeddings and vLLM rewrites the
-  prompt's positions (text after the video keeps its unreduced offsets).
+  and hands exactly K tokens (+ newline) to the placeholders (Qwen3: in time order, each patch's
+  kept tokens between its own delimiters, DeepStack levels reduced by the same operator);
+- Qwen2.5-VL and Qwen3: each kept token keeps its original 3-D M-RoPE position (its frame, row,
+  column), through vLLM's pruning interface (SupportsMultiModalPruning.recompute_mrope_positions,
+  the path vLLM's EVS uses): the model appends the positions to the embeddings and the prompt's
+  positions are rewritten (text after the video keeps its unreduced offsets).
 
 Synchronisation: the count K depends on shapes only, and the "aot" reducer is built in quota mode
 with uniform clips and check_values=False, so the reduction adds no host synchronisation to vLLM's
@@ -45,10 +48,14 @@ KEY = "aot_kernels"  # the hf_config attribute that --hf-overrides sets
 ENV_REDUCER = "AOT_KERNELS_VLLM_REDUCER"
 ENV_RETENTION = "AOT_KERNELS_VLLM_RETENTION"
 ENV_OPTIONS = "AOT_KERNELS_VLLM_OPTIONS"
-# Architectures whose vLLM class is subclassed in models.py.
+# Architectures whose vLLM class is subclassed: architecture -> "module:class" in this package.
 ARCHITECTURES = {
-    "Qwen2_5_VLForConditionalGeneration": "AOTQwen2_5_VLForConditionalGeneration",
-    "LlavaOnevisionForConditionalGeneration": "AOTLlavaOnevisionForConditionalGeneration",
+    "Qwen2_5_VLForConditionalGeneration": "models:AOTQwen2_5_VLForConditionalGeneration",
+    "LlavaOnevisionForConditionalGeneration": "models:AOTLlavaOnevisionForConditionalGeneration",
+    "Qwen3VLForConditionalGeneration": "qwen3:AOTQwen3VLForConditionalGeneration",
+    "Qwen3VLMoeForConditionalGeneration": "qwen3:AOTQwen3VLMoeForConditionalGeneration",
+    "Qwen3_5ForConditionalGeneration": "qwen3:AOTQwen3_5ForConditionalGeneration",
+    "Qwen3_5MoeForConditionalGeneration": "qwen3:AOTQwen3_5MoeForConditionalGeneration",
 }
 # Reducer options that would make the count data-dependent or add host syncs.
 _REFUSED = {"check_values": "the plugin always runs with check_values=False (no host sync)",
@@ -143,10 +150,10 @@ def register() -> None:
 
     if not _version_ok(vllm.__version__):
         warnings.warn(f"aot_kernels' vLLM plugin is tested with vLLM {TESTED_VLLM}, not "
-                      f"{vllm.__version__}: it subclasses vLLM's Qwen2.5-VL and LLaVA-OneVision "
-                      "and may not match other versions", UserWarning, stacklevel=2)
-    for arch, cls in ARCHITECTURES.items():
-        ModelRegistry.register_model(arch, f"{__name__}.models:{cls}")
+                      f"{vllm.__version__}: it subclasses vLLM's Qwen2.5-VL, Qwen3-VL family and "
+                      "LLaVA-OneVision classes and may not match other versions", UserWarning, stacklevel=2)
+    for arch, where in ARCHITECTURES.items():
+        ModelRegistry.register_model(arch, f"{__name__}.{where}")
     _cpu_runner_pruning_flag()
 
 

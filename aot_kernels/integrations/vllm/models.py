@@ -5,7 +5,7 @@ without a configured reduction every method falls through to vLLM's own.
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from vllm.model_executor.models.llava_onevision import (LlavaOnevisionDummyInputsBuilder,
@@ -43,12 +43,26 @@ def video_tokens(settings: Settings, frames: int, tokens: int) -> int:
     return token_budget(frames, tokens, settings.retention)
 
 
-def reduce_video(reducer, feats: torch.Tensor, grid) -> "ReducedVideo":  # noqa: F821
-    """One video's embeddings [F, N, D] -> the reducer's ReducedVideo (K tokens). Scores: the
-    mean self-attention each token receives within its frame (one head, fp32), in the features'
-    dtype; no host synchronisation."""
+def reduce_video(reducer, feats: torch.Tensor, grid, return_map: bool = False
+                 ) -> "ReducedVideo":  # noqa: F821
+    """One video's embeddings [F, N, D] -> the reducer's ReducedVideo (K tokens; with its
+    token_map when return_map). Scores: the mean self-attention each token receives within its
+    frame (one head, fp32), in the features' dtype; no host synchronisation."""
     scores = self_attention_scores(feats).to(feats.dtype)
-    return reducer(feats, scores, grid=grid)
+    return reducer(feats, scores, grid=grid, return_map=return_map)
+
+
+def pruning_settings(vllm_config) -> Optional[Settings]:
+    """A pruning model's reduction (None: serve it unchanged). With one configured, vLLM's own
+    video_pruning_rate is refused and set to a marker that turns on vLLM's pruning path."""
+    settings = settings_from(vllm_config.model_config.hf_config)
+    if settings is not None:
+        mm_config = vllm_config.model_config.get_multimodal_config()
+        if mm_config.video_pruning_rate:
+            raise ValueError("aot_kernels reduction and vLLM's video_pruning_rate (EVS) "
+                             "both prune video tokens: set one of them")
+        mm_config.video_pruning_rate = _PRUNING_ON
+    return settings
 
 
 def _replace_video(updates: Sequence, count) -> List:
@@ -92,13 +106,7 @@ class AOTQwen2_5_VLForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
     its original M-RoPE position (vLLM's pruning interface, as EVS uses it)."""
 
     def __init__(self, *, vllm_config, prefix: str = ""):
-        settings = settings_from(vllm_config.model_config.hf_config)
-        if settings is not None:
-            mm_config = vllm_config.model_config.get_multimodal_config()
-            if mm_config.video_pruning_rate:
-                raise ValueError("aot_kernels reduction and vLLM's video_pruning_rate (EVS) "
-                                 "both prune video tokens: set one of them")
-            mm_config.video_pruning_rate = _PRUNING_ON  # turns on vLLM's pruning path
+        settings = pruning_settings(vllm_config)
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.aot_settings = settings
         self.aot_reducer = None if settings is None else settings.build()
