@@ -24,11 +24,13 @@ Departures from vLLM's own EVS path (qwen3_vl.py, 0.32), each on purpose:
   `<|vision_start|>` after the cursor, which is the prompt's own outer one in chat-template
   prompts (its EVS then fails), and shifts every continuation chunk of a chunked prefill by the
   timestamp's length.
-- The per-frame layout is built with index ops from shape-only tables copied to the device once
-  per shape: no host synchronisation per video (vLLM's path waits about 8 times per video).
+- The per-frame layout is built with index ops from shape-only tables (cached for the last
+  CACHED grids and timestamps, copied to the device without waiting): no host synchronisation per
+  video (vLLM's path waits about 8 times per video).
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, Sequence, Tuple
 
@@ -55,6 +57,7 @@ from .models import pruning_settings, reduce_video, video_tokens
 CHANNELS = 10  # (t, h, w, row, lead), each as a (hi, lo) pair
 _BASE = 256  # hi * 256 + lo: both halves are integers <= 255, exact in bf16 and fp16
 _LIMIT = _BASE * _BASE
+CACHED = 64  # placeholders kept per model (host tables and their device copies), least recent out
 
 
 def encode_positions(values: torch.Tensor) -> torch.Tensor:
@@ -127,9 +130,6 @@ def placeholder(tokenizer, config, thw: Sequence[int], timestamps) -> Placeholde
     rel, _ = Qwen3VLForConditionalGeneration._get_mrope_input_positions(
         ids.tolist(), [feature], config)
     rel = rel.numpy()
-    if rel.max() >= _LIMIT or len(ids) >= _LIMIT:
-        raise ValueError(f"a video of grid {tuple(thw)} spans {int(rel.max()) + 1} positions in "
-                         f"{len(ids)} rows; the reduced layout carries both below {_LIMIT}")
     pad = ids == config.video_token_id
     text_ids = ids[~pad]
     text_end = text_ids == config.vision_end_token_id
@@ -176,8 +176,16 @@ class AOTQwen3VLMultiModalProcessor(Qwen3VLMultiModalProcessor):
             item = out_mm_kwargs["video"][item_idx]
             t, h, w = (int(x) for x in item["video_grid_thw"].data)
             k = video_tokens(settings, t, (h // merge) * (w // merge))
-            return video_replacement(tokenizer, config, [k] + [0] * (t - 1),
+            repl = video_replacement(tokenizer, config, [k] + [0] * (t - 1),
                                      item["timestamps"].data)
+            # the position channels carry rows and positions below 65536: refuse this request
+            # here (in the worker it would stop the engine)
+            span = placeholder(tokenizer, config, (t, h, w), item["timestamps"].data).span
+            if len(repl.full) >= _LIMIT or span >= _LIMIT:
+                raise ValueError(f"a video of grid {(t, h, w)} gives {len(repl.full)} reduced "
+                                 f"rows spanning {span} positions; the plugin carries both "
+                                 f"below {_LIMIT}: sample fewer frames or pixels")
+            return repl
 
         return [PromptReplacement(modality="video", target=u.target, replacement=replacement)
                 if u.modality == "video" else u for u in updates]
@@ -188,18 +196,23 @@ class _AOTQwen3:
     levels by the same operator), every kept token and every timestamp at its original M-RoPE
     position."""
 
-    def __init__(self, *, vllm_config, prefix: str = "model"):
+    def __init__(self, *, vllm_config, prefix: str = "model"):  # vLLM reads this signature
         settings = pruning_settings(vllm_config)
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.aot_settings = settings
         self.aot_reducer = None if settings is None else settings.build()
-        self._aot_placeholders: Dict[tuple, Placeholder] = {}
+        self._aot_placeholders: "OrderedDict[tuple, Placeholder]" = OrderedDict()
 
     def _aot_placeholder(self, thw, timestamps) -> Placeholder:
         key = (tuple(int(x) for x in thw), tuple(float(x) for x in timestamps))
-        if key not in self._aot_placeholders:
-            self._aot_placeholders[key] = placeholder(self._tokenizer, self.config, *key)
-        return self._aot_placeholders[key]
+        cache = self._aot_placeholders
+        if key in cache:
+            cache.move_to_end(key)
+        else:
+            cache[key] = placeholder(self._tokenizer, self.config, *key)
+            while len(cache) > CACHED:  # a server sees many grids and timestamps: bounded
+                cache.popitem(last=False)
+        return cache[key]
 
     def _postprocess_image_embeds_evs(self, image_embeds_split, image_input):
         """Images are not reduced, and their initial positions are exact: unchanged."""
