@@ -43,6 +43,13 @@ def video_tokens(settings: Settings, frames: int, tokens: int) -> int:
     return token_budget(frames, tokens, settings.retention)
 
 
+def grid_video_tokens(settings: Settings, item, merge: int):
+    """A Qwen video item's grid (t, h, w) in patches (its video_grid_thw) and K, the tokens its
+    reduction keeps (F = t, N = h w / merge^2)."""
+    t, h, w = (int(x) for x in item["video_grid_thw"].data)
+    return (t, h, w), video_tokens(settings, t, (h // merge) * (w // merge))
+
+
 def reduce_video(reducer, feats: torch.Tensor, grid, return_map: bool = False
                  ) -> "ReducedVideo":  # noqa: F821
     """One video's embeddings [F, N, D] -> the reducer's ReducedVideo (K tokens; with its
@@ -92,8 +99,7 @@ class AOTQwen2_5_VLMultiModalProcessor(Qwen2_5_VLMultiModalProcessor):
         merge = hf_config.vision_config.spatial_merge_size
 
         def count(item_idx: int) -> int:
-            t, h, w = (int(x) for x in out_mm_kwargs["video"][item_idx]["video_grid_thw"].data)
-            return video_tokens(settings, t, (h // merge) * (w // merge))
+            return grid_video_tokens(settings, out_mm_kwargs["video"][item_idx], merge)[1]
 
         return _replace_video(updates, count)
 

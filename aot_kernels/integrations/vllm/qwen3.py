@@ -52,7 +52,7 @@ from vllm.multimodal.processing import PromptReplacement
 from vllm.utils.torch_utils import async_tensor_h2d
 
 from . import settings_from
-from .models import pruning_settings, reduce_video, video_tokens
+from .models import grid_video_tokens, pruning_settings, reduce_video
 
 CHANNELS = 10  # (t, h, w, row, lead), each as a (hi, lo) pair
 _BASE = 256  # hi * 256 + lo: both halves are integers <= 255, exact in bf16 and fp16
@@ -174,15 +174,14 @@ class AOTQwen3VLMultiModalProcessor(Qwen3VLMultiModalProcessor):
 
         def replacement(item_idx: int):
             item = out_mm_kwargs["video"][item_idx]
-            t, h, w = (int(x) for x in item["video_grid_thw"].data)
-            k = video_tokens(settings, t, (h // merge) * (w // merge))
-            repl = video_replacement(tokenizer, config, [k] + [0] * (t - 1),
+            thw, k = grid_video_tokens(settings, item, merge)
+            repl = video_replacement(tokenizer, config, [k] + [0] * (thw[0] - 1),
                                      item["timestamps"].data)
             # the position channels carry rows and positions below 65536: refuse this request
             # here (in the worker it would stop the engine)
-            span = placeholder(tokenizer, config, (t, h, w), item["timestamps"].data).span
+            span = placeholder(tokenizer, config, thw, item["timestamps"].data).span
             if len(repl.full) >= _LIMIT or span >= _LIMIT:
-                raise ValueError(f"a video of grid {(t, h, w)} gives {len(repl.full)} reduced "
+                raise ValueError(f"a video of grid {thw} gives {len(repl.full)} reduced "
                                  f"rows spanning {span} positions; the plugin carries both "
                                  f"below {_LIMIT}: sample fewer frames or pixels")
             return repl
